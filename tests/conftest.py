@@ -1,0 +1,23 @@
+"""Fixtures shared by the whole suite: a PostgreSQL server and per-test databases."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.support.postgres import PostgresServer, server_for_tests
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> PostgresServer:
+    """One PostgreSQL server for the session (throwaway, or ``CD2_TEST_DATABASE_URL``)."""
+    with server_for_tests() as server:
+        yield server
+
+
+@pytest.fixture
+def database_url(postgres_server: PostgresServer, request: pytest.FixtureRequest) -> str:
+    """A fresh, empty UTF-8 database named after the test; its ``postgresql://`` URL."""
+    name = "t_" + re.sub(r"\W", "_", request.node.name.lower())[:55]
+    return postgres_server.create_database(name)
