@@ -1,0 +1,87 @@
+# The README's two commands are `make run` and `make test`; each builds what it needs the first time.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+AIRFLOW_VERSION ?= 3.3.1
+SHARED ?= ../shared
+VENV := .venv
+PYTHON312 := $(shell scripts/find-python312 2>/dev/null)
+
+AIRFLOW_VENV := $(VENV)/airflow-$(AIRFLOW_VERSION)
+AIRFLOW_PY := $(AIRFLOW_VENV)/bin/python
+DAP_PY := $(VENV)/dap/bin/python
+TOOLS_BIN := $(VENV)/tools/bin
+
+# The operators start each table's child process on this interpreter (MWAA: set by startup.sh).
+export CD2_DAP_PYTHON := $(abspath $(DAP_PY))
+export CD2_TOOLS_BIN := $(abspath $(TOOLS_BIN))
+
+.PHONY: help run test lint test-airflow-3.2.1 venvs lock bundle deploy clean check-python check-postgres
+
+help:
+	@echo "make run                 run the cd2_replica DAG locally (throwaway PostgreSQL + DAP emulator)"
+	@echo "make test                the whole test suite, lint included (Airflow $(AIRFLOW_VERSION))"
+	@echo "make test-airflow-3.2.1  the DAG-level tests on MWAA's Airflow 3.2.1 environment"
+	@echo "make lock                regenerate locks/ from $(SHARED)/mwaa and PyPI"
+	@echo "make bundle              write dist/ for MWAA"
+
+run: venvs check-postgres
+	$(AIRFLOW_PY) scripts/run_local.py
+
+test: venvs check-postgres lint
+	$(AIRFLOW_PY) -m pytest
+
+lint: $(VENV)/tools/.installed
+	$(TOOLS_BIN)/ruff check .
+	$(TOOLS_BIN)/ruff format --check .
+
+test-airflow-3.2.1:
+	$(MAKE) AIRFLOW_VERSION=3.2.1 venvs check-postgres
+	$(VENV)/airflow-3.2.1/bin/python -m pytest tests/dags
+
+venvs: $(AIRFLOW_VENV)/.installed $(VENV)/dap/.installed $(VENV)/tools/.installed
+
+check-python:
+	@test -n "$(PYTHON312)" || { scripts/find-python312; exit 1; }
+
+check-postgres: $(AIRFLOW_VENV)/.installed
+	@$(AIRFLOW_PY) -c "from tests.support.postgres import find_pg_bindir; find_pg_bindir()"
+
+# The Airflow environment: MWAA's image package set from its lock, installed without resolution.
+# psycopg2 is left out locally: it is the image's source build of the module psycopg2-binary also
+# provides, and building it needs libpq headers and a compiler.
+$(VENV)/airflow-%/.installed: locks/airflow-%.txt requirements/test.txt | check-python
+	rm -rf $(VENV)/airflow-$*
+	$(PYTHON312) -m venv $(VENV)/airflow-$*
+	grep -v '^psycopg2==' locks/airflow-$*.txt > $(VENV)/airflow-$*/lock.txt
+	$(VENV)/airflow-$*/bin/python -m pip install --quiet --no-deps -r $(VENV)/airflow-$*/lock.txt
+	$(VENV)/airflow-$*/bin/python -m pip install --quiet -c $(VENV)/airflow-$*/lock.txt -r requirements/test.txt
+	$(VENV)/airflow-$*/bin/python -m pip check
+	touch $@
+
+# The DAP environment: only the dap client and its closure, hash-checked.
+$(VENV)/dap/.installed: locks/dap.txt | check-python
+	rm -rf $(VENV)/dap
+	$(PYTHON312) -m venv $(VENV)/dap
+	$(DAP_PY) -m pip install --quiet --require-hashes --no-deps -r locks/dap.txt
+	$(DAP_PY) -m pip check
+	touch $@
+
+# Test-only tools whose own pins would move runtime ones: a third environment.
+$(VENV)/tools/.installed: locks/tools.txt | check-python
+	rm -rf $(VENV)/tools
+	$(PYTHON312) -m venv $(VENV)/tools
+	$(TOOLS_BIN)/python -m pip install --quiet --no-deps -r locks/tools.txt
+	touch $@
+
+lock: check-python
+	$(PYTHON312) scripts/lock.py airflow --version 3.3.1 \
+		--constraints $(SHARED)/mwaa/constraints-3.3.1-3.12.txt \
+		--essential $(SHARED)/mwaa/mwaa-essential-constraints-3.3.1.txt
+	$(PYTHON312) scripts/lock.py airflow --version 3.2.1 \
+		--constraints $(SHARED)/mwaa/constraints-3.2.1-3.12.txt \
+		--essential $(SHARED)/mwaa/mwaa-essential-constraints-3.2.1.txt
+	$(PYTHON312) scripts/lock.py dap
+
+clean:
+	rm -rf $(VENV) dist build
