@@ -24,6 +24,7 @@ help:
 	@echo "make test-airflow-3.2.1  the DAG-level tests on MWAA's Airflow 3.2.1 environment"
 	@echo "make lock                regenerate locks/ from $(SHARED)/mwaa and PyPI"
 	@echo "make bundle              write dist/ for MWAA"
+	@echo "make deploy DEPLOY_ARGS=...  bundle, upload, deploy on AWS (docs/deploy.md)"
 
 run: venvs check-postgres
 	$(AIRFLOW_PY) scripts/run_local.py
@@ -82,6 +83,13 @@ lock: check-python
 		--constraints $(SHARED)/mwaa/constraints-3.2.1-3.12.txt \
 		--essential $(SHARED)/mwaa/mwaa-essential-constraints-3.2.1.txt
 	$(PYTHON312) scripts/lock.py dap
+
+bundle: $(AIRFLOW_VENV)/.installed
+	$(AIRFLOW_PY) -m mwaa_infra.bundle --out dist
+
+# DEPLOY_ARGS: --create-network | --vpc-id vpc-... --subnet-ids subnet-a,subnet-b; plus --parameter Key=Value ...
+deploy: bundle
+	$(AIRFLOW_PY) -m mwaa_infra.deploy deploy --skip-bundle $(DEPLOY_ARGS)
 
 clean:
 	rm -rf $(VENV) dist build

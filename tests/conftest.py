@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from tests.support.moto_server import moto_server
 from tests.support.postgres import PostgresServer, server_for_tests
 
 
@@ -21,3 +22,10 @@ def database_url(postgres_server: PostgresServer, request: pytest.FixtureRequest
     """A fresh, empty UTF-8 database named after the test; its ``postgresql://`` URL."""
     name = "t_" + re.sub(r"\W", "_", request.node.name.lower())[:55]
     return postgres_server.create_database(name)
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> str:
+    """A local moto server (the AWS stand-in) for the session; its endpoint URL."""
+    with moto_server() as endpoint_url:
+        yield endpoint_url
