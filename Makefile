@@ -85,11 +85,11 @@ lock: check-python
 	$(PYTHON312) scripts/lock.py dap
 
 bundle: $(AIRFLOW_VENV)/.installed
-	$(AIRFLOW_PY) -m mwaa_infra.bundle --out dist
+	$(AIRFLOW_PY) -m mwaa_infra.bundle --out dist --airflow-version $(AIRFLOW_VERSION)
 
 # DEPLOY_ARGS: --create-network | --vpc-id vpc-... --subnet-ids subnet-a,subnet-b; plus --parameter Key=Value ...
 deploy: bundle
-	$(AIRFLOW_PY) -m mwaa_infra.deploy deploy --skip-bundle $(DEPLOY_ARGS)
+	$(AIRFLOW_PY) -m mwaa_infra.deploy deploy --skip-bundle --parameter AirflowVersion=$(AIRFLOW_VERSION) $(DEPLOY_ARGS)
 
 clean:
 	rm -rf $(VENV) dist build

@@ -8,7 +8,8 @@ The same sources give byte-identical files, so S3 object versions change only wh
   environment's wheels for CPython 3.12 on manylinux x86_64 and aarch64 with a copy of their hashed lock
   (``dap_wheels/dap.txt``), which startup.sh installs offline. Entries are sorted, dated 1980-01-01 and
   have fixed permissions.
-- ``dist/requirements.txt``: the repository's requirements.txt (MWAA's constraints line).
+- ``dist/requirements.txt``: the repository's requirements.txt, its constraints line naming the target
+  Airflow version (``--airflow-version``, default 3.3.1).
 - ``dist/startup.sh``: ``mwaa_infra/startup.sh``.
 
 Wheels are downloaded once into a cache folder (``build/wheels``) and reused while they match the lock.
@@ -40,6 +41,7 @@ MANYLINUX_TAGS = tuple(f"manylinux_2_{minor}" for minor in range(34, 4, -1)) + (
     "manylinux2010",
     "manylinux1",
 )
+DEFAULT_AIRFLOW_VERSION = "3.3.1"
 WHEELS_FOLDER = "dap_wheels"
 LOCK_NAME = "dap.txt"
 EXCLUDED_PARTS = {"__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache"}
@@ -200,9 +202,18 @@ def build_plugins_zip(plugins_source: Path, wheels: list[Path], lock_path: Path,
     write_deterministic_zip(zip_path, entries)
 
 
+def requirements_for(airflow_version: str, repo_root: Path = REPO_ROOT) -> str:
+    """requirements.txt for MWAA ``airflow_version``: the stock constraints line of that version."""
+    text = (repo_root / "requirements.txt").read_text()
+    if not re.fullmatch(r"\d+\.\d+\.\d+", airflow_version):
+        raise ValueError(f"not an Airflow version: {airflow_version!r}")
+    return re.sub(r"/constraints-\d+\.\d+\.\d+/", f"/constraints-{airflow_version}/", text)
+
+
 def build_bundle(
     out_dir: Path,
     *,
+    airflow_version: str = DEFAULT_AIRFLOW_VERSION,
     repo_root: Path = REPO_ROOT,
     lock_path: Path | None = None,
     wheel_cache: Path | None = None,
@@ -218,7 +229,7 @@ def build_bundle(
     out_dir.mkdir(parents=True, exist_ok=True)
     build_dags_folder(repo_root / "dags", out_dir / "dags")
     build_plugins_zip(repo_root / "plugins", wheels, lock_path, out_dir / "plugins.zip")
-    shutil.copyfile(requirements, out_dir / "requirements.txt")
+    (out_dir / "requirements.txt").write_text(requirements_for(airflow_version, repo_root))
     shutil.copyfile(repo_root / "mwaa_infra" / "startup.sh", out_dir / "startup.sh")
     return bundle_files(out_dir)
 
@@ -236,8 +247,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "dist", help="output folder (default dist/)")
     parser.add_argument("--lock", type=Path, default=None, help="hashed DAP lock (default locks/dap.txt)")
     parser.add_argument("--wheel-cache", type=Path, default=None, help="wheel cache (default build/wheels)")
+    parser.add_argument("--airflow-version", default=DEFAULT_AIRFLOW_VERSION, help="MWAA's Airflow version")
     args = parser.parse_args(argv)
-    files = build_bundle(args.out, lock_path=args.lock, wheel_cache=args.wheel_cache)
+    files = build_bundle(
+        args.out, airflow_version=args.airflow_version, lock_path=args.lock, wheel_cache=args.wheel_cache
+    )
     for relative in files:
         path = args.out / relative
         print(f"{sha256_of(path)}  {os.path.relpath(path)}")

@@ -275,7 +275,8 @@ class Deployer:
                 self.say(f"would build the bundle into {settings.dist} (python -m mwaa_infra.bundle)")
             else:
                 self.say(f"building the bundle into {settings.dist}")
-                bundle.build_bundle(settings.dist)
+                version = settings.parameters.get("AirflowVersion", bundle.DEFAULT_AIRFLOW_VERSION)
+                bundle.build_bundle(settings.dist, airflow_version=version)
         storage = self.deploy_stack(settings.storage_stack, settings.templates_dir / "storage.yaml", {})
         bucket = storage.get("BucketName", f"<bucket of stack {settings.storage_stack}>")
         self.require_versioning(bucket)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from mwaa_infra import bundle
 from tests.support import venv
 from tests.support.paths import REPO_ROOT, SHARED_DIR, TOOLS_BIN
 
@@ -30,12 +31,6 @@ IMAGE_PACKAGES = [
     "virtualenv",
     "apache-airflow-providers-standard",
 ]
-
-
-def requirements_for(version: str) -> str:
-    """requirements.txt as deployed on MWAA ``version``: its constraints line names that version."""
-    text = (REPO_ROOT / "requirements.txt").read_text()
-    return re.sub(r"constraints-\d+\.\d+\.\d+/", f"constraints-{version}/", text)
 
 
 def test_requirements_carries_the_stock_constraints_line_and_no_dap_client():
@@ -63,11 +58,11 @@ def test_requirements_install_on_mwaa_package_set_moves_no_pin(version: str, tmp
     locked.pop("psycopg2")
     assert {name: image_set.get(name) for name in locked} == locked, "locks/ differ from MWAA's set"
 
-    # MWAA installs requirements.txt with its essential pins as constraints. CI reaches PyPI only,
+    # MWAA installs requirements.txt (as bundled for that version) with its essential pins as constraints. CI reaches PyPI only,
     # so the stock constraints URL is served from the same file in ../shared/mwaa.
     requirements = tmp_path / "requirements.txt"
     stock_url = STOCK_CONSTRAINTS.format(v=version)
-    requirements.write_text(requirements_for(version).replace(stock_url, str(constraints)))
+    requirements.write_text(bundle.requirements_for(version).replace(stock_url, str(constraints)))
     assert str(constraints) in requirements.read_text()
     venv.pip(python, "install", "--quiet", "-c", str(essential), "-r", str(requirements))
     assert "No broken requirements found" in venv.pip(python, "check")
