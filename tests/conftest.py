@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from tests.dap_emulator.fixture import dap_emulator  # noqa: F401  (a fixture for every test)
 from tests.support.moto_server import moto_server
 from tests.support.postgres import PostgresServer, server_for_tests
 

@@ -1,0 +1,126 @@
+"""Benchmark the local DAP emulator (prints figures; not a test).
+
+Run from the repository root with an interpreter that has psycopg2 (the Airflow virtualenv):
+
+    .venv/airflow-3.3.1/bin/python scripts/bench_emulator.py [--rows 1000000] [--table accounts] [--skip-initdb]
+
+Prints: rows/s served for a snapshot of ``--rows`` rows, the emulator's peak RSS after serving 100k and
+``--rows`` rows, and the wall time of ``dap initdb`` for that table into a throwaway local PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.dap_emulator.fixture import EmulatorProcess, start_emulator  # noqa: E402
+from tests.support.paths import DAP_BIN  # noqa: E402
+
+
+def _call(emulator: EmulatorProcess, method: str, path: str, token: str | None, body=None, form=None) -> dict:
+    headers = {"Content-Type": "application/json"}
+    data = None if body is None else json.dumps(body).encode()
+    if form is not None:
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        data = form.encode()
+    if token is None:
+        raw = f"{emulator.client_id}:{emulator.client_secret}".encode()
+        headers["Authorization"] = "Basic " + base64.b64encode(raw).decode()
+    else:
+        headers["Authorization"] = "Bearer " + token
+    request = urllib.request.Request(emulator.base_url + path, data=data, method=method, headers=headers)
+    with urllib.request.urlopen(request, timeout=3600) as response:
+        return json.loads(response.read())
+
+
+def _download_lines(url: str) -> int:
+    decompressor = zlib.decompressobj(31)
+    lines = 0
+    with urllib.request.urlopen(url, timeout=3600) as response:
+        while chunk := response.read(1 << 16):
+            lines += decompressor.decompress(chunk).count(b"\n")
+    return lines - 1  # header
+
+
+def serve_snapshot(emulator: EmulatorProcess, namespace: str, table: str) -> tuple[int, float]:
+    """Download a whole TSV snapshot the way the client does (4 parts at a time); rows and seconds."""
+    token = _call(emulator, "POST", "/ids/auth/login", None, form="grant_type=client_credentials")[
+        "access_token"
+    ]
+    started = time.monotonic()
+    job = _call(emulator, "POST", f"/dap/query/{namespace}/table/{table}/data", token,
+                {"format": "tsv", "mode": "condensed"})  # fmt: skip
+    job = _call(emulator, "GET", f"/dap/job/{job['id']}", token)
+    urls = [
+        _call(emulator, "POST", "/dap/object/url", token, [obj])["urls"][obj["id"]]["url"]
+        for obj in job["objects"]
+    ]
+    with ThreadPoolExecutor(4) as pool:
+        rows = sum(pool.map(_download_lines, urls))
+    return rows, time.monotonic() - started
+
+
+def peak_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return -1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--namespace", default="canvas")
+    parser.add_argument("--table", default="accounts")
+    parser.add_argument("--skip-initdb", action="store_true")
+    args = parser.parse_args()
+
+    results = {}
+    for rows in (100_000, args.rows):
+        with start_emulator(rows=rows) as emulator:
+            served, seconds = serve_snapshot(emulator, args.namespace, args.table)
+            results[rows] = (served, seconds, peak_rss_kib(emulator.process.pid))
+    for rows, (served, seconds, rss) in results.items():
+        print(
+            f"snapshot {args.namespace}.{args.table} {rows:>9,} rows: served {served:,} rows in {seconds:.1f} s "
+            f"= {served / seconds:,.0f} rows/s; emulator peak RSS {rss / 1024:.1f} MiB"
+        )
+    small, large = results[100_000][2], results[args.rows][2]
+    print(f"peak RSS ratio {args.rows:,} vs 100,000 rows: {large / small:.2f}x (must be <= 1.5x)")
+
+    if args.skip_initdb:
+        return
+    from tests.support.postgres import temporary_server
+
+    with temporary_server() as pg, start_emulator(rows=args.rows) as emulator:
+        url = pg.create_database("bench")
+        started = time.monotonic()
+        result = subprocess.run(
+            [str(DAP_BIN / "dap"), "--non-interactive", "--no-tracking", "--loglevel", "warning", "initdb",
+             "--namespace", args.namespace, "--table", args.table, "--connection-string", url],
+            env=emulator.client_env(), capture_output=True, text=True,
+        )  # fmt: skip
+        seconds = time.monotonic() - started
+        conn = pg.connect("bench")
+        with conn.cursor() as cur:
+            cur.execute(f'SELECT count(*) FROM "{args.namespace}"."{args.table}"')
+            loaded = cur.fetchone()[0]
+        conn.close()
+        print(
+            f"dap initdb {args.namespace}.{args.table} {args.rows:,} rows: exit {result.returncode}, "
+            f"{loaded:,} rows loaded in {seconds:.1f} s = {loaded / seconds:,.0f} rows/s"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""Start the emulator in a subprocess and drive it from Python tests.
+
+Usage::
+
+    from tests.dap_emulator.fixture import start_emulator
+    from tests.dap_emulator.truth import replica_truth
+
+    with start_emulator(rows=50) as emulator:
+        subprocess.run([DAP_BIN / "dap", "initdb", "--namespace", "canvas", "--table", "users",
+                        "--connection-string", database_url], env=emulator.client_env(), check=True)
+        assert emulator.truth("canvas", "users") == replica_truth(database_url, "canvas", "users")
+        emulator.advance(changes=20)
+        ...
+
+For a shared pytest fixture, add to ``tests/conftest.py``::
+
+    from tests.dap_emulator.fixture import dap_emulator  # noqa: F401  (the fixture below)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from tests.support.paths import DAP_PYTHON, REPO_ROOT
+
+from .truth import Truth
+
+
+class EmulatorError(RuntimeError):
+    """The admin API refused a request."""
+
+
+class EmulatorProcess:
+    """A running emulator: where it listens, the credentials it accepts, and its admin API."""
+
+    def __init__(self, base_url: str, client_id: str, client_secret: str, process: subprocess.Popen) -> None:
+        self.base_url = base_url
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.process = process
+
+    # -- the client side --------------------------------------------------------------------------
+    def client_env(self, **extra: str) -> dict[str, str]:
+        """Environment for the ``dap`` CLI or library: API URL, credentials (not in argv), no tracking."""
+        env = dict(os.environ)
+        env.update(
+            DAP_API_URL=self.base_url,
+            DAP_CLIENT_ID=self.client_id,
+            DAP_CLIENT_SECRET=self.client_secret,
+            DAP_TRACKING="false",
+        )
+        env.update(extra)
+        return env
+
+    # -- admin API --------------------------------------------------------------------------------
+    def admin(self, method: str, path: str, body: dict | None = None) -> dict:
+        """Call ``/_emulator/<path>`` and return its JSON answer."""
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            f"{self.base_url}/_emulator/{path}",
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=600) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            raise EmulatorError(f"{method} {path}: {error.code} {error.read().decode()}") from None
+
+    def state(self) -> dict:
+        """Clock, settings and per-table schema version, row ids and change count."""
+        return self.admin("GET", "state")
+
+    def advance(self, changes: int = 10, steps: int = 1, tables: list[str] | None = None) -> dict:
+        """Move the logical clock ``steps`` times, making ``changes`` changes per table per step.
+
+        Changes are inserts, updates, soft deletes (``workflow_state = 'deleted'``) and hard deletes
+        (append-only tables such as ``web_logs`` only get inserts). ``tables`` limits them to some
+        tables (``"canvas.users"`` or ``"users"``). Returns the new clock and the counts per kind.
+        """
+        return self.admin("POST", "advance", {"changes": changes, "steps": steps, "tables": tables})
+
+    def truth(self, namespace: str, table: str) -> Truth:
+        """Row count and checksum of the table now; compare with ``truth.replica_truth``."""
+        answer = self.admin("GET", f"truth/{namespace}/{table}")
+        return Truth(answer["count"], answer["checksum"], tuple(answer["columns"]))
+
+    def truth_rows(self, namespace: str, table: str) -> list[dict]:
+        """The rows of a (small) table now, as JSON values (at most 10,000)."""
+        return self.admin("GET", f"truth/{namespace}/{table}?rows=1")["rows"]
+
+    def inject_fault(self, kind: str, endpoint: str | None = None, **options) -> dict:
+        """Add a fault rule. ``kind`` is one of ``faults.KINDS``; ``endpoint`` one of ``login``, ``list``,
+        ``schema``, ``data``, ``job``, ``url``, ``download`` or ``*``. Options: ``namespace``, ``table``,
+        ``times`` (default 1; None = unlimited), ``probability``, ``status`` (server_error),
+        ``retry_after`` (rate_limit; None sends no header), ``polls`` (slow_job), ``line_boundary``
+        (truncated_gzip: cut after a whole line)."""
+        return self.admin("POST", "faults", {"kind": kind, "endpoint": endpoint, **options})
+
+    def faults(self) -> list[dict]:
+        """The fault rules and how often each fired."""
+        return self.admin("GET", "faults")["faults"]
+
+    def clear_faults(self) -> None:
+        self.admin("DELETE", "faults")
+
+    def bump_schema(
+        self, namespace: str, table: str, change: str, column: str | None = None, value: str | None = None
+    ) -> dict:
+        """New schema version: ``add_column``, ``drop_column``, ``add_enum_value`` or ``change_type``
+        (int32->int64, float32->float64, varchar(n)->text). Returns the version and what changed."""
+        return self.admin(
+            "POST", f"schema/{namespace}/{table}", {"change": change, "column": column, "value": value}
+        )
+
+    def configure(self, **settings) -> dict:
+        """Change settings at run time: ``job_polls``, ``part_rows``, ``retention_hours={"ns.t": h}``,
+        ``rate_limits`` (True, False or {endpoint: per_minute}), ``time_scale``."""
+        return self.admin("POST", "config", settings)
+
+    def reset(self, seed: int | None = None, rows: int | None = None) -> dict:
+        """Back to the start: clock, data, jobs, faults and request log (optionally a new seed/rows)."""
+        return self.admin("POST", "reset", {"seed": seed, "rows": rows})
+
+    def requests(self) -> list[dict]:
+        """Every API request so far: method, path, endpoint, table, status, fault, JSON body answered."""
+        return self.admin("GET", "requests")["requests"]
+
+    def clear_requests(self) -> None:
+        self.admin("DELETE", "requests")
+
+
+@contextmanager
+def start_emulator(
+    *,
+    seed: int = 0,
+    rows: int = 30,
+    schemas: Path | None = None,
+    part_rows: int | None = None,
+    job_polls: int = 0,
+    rate_limits: bool = False,
+    time_scale: float = 1.0,
+    python: Path = DAP_PYTHON,
+) -> Iterator[EmulatorProcess]:
+    """Run ``python -m tests.dap_emulator`` on a free loopback port with fresh random credentials."""
+    client_id = f"us-east-1#emulator-{secrets.token_hex(4)}"
+    client_secret = secrets.token_urlsafe(24)
+    args = [str(python), "-m", "tests.dap_emulator", "--host", "127.0.0.1", "--port", "0",
+            "--seed", str(seed), "--rows", str(rows), "--job-polls", str(job_polls),
+            "--time-scale", str(time_scale)]  # fmt: skip
+    if schemas is not None:
+        args += ["--schemas", str(schemas)]
+    if part_rows is not None:
+        args += ["--part-rows", str(part_rows)]
+    if rate_limits:
+        args.append("--rate-limits")
+    env = dict(os.environ, DAP_EMULATOR_CLIENT_ID=client_id, DAP_EMULATOR_CLIENT_SECRET=client_secret)
+    process = subprocess.Popen(args, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        base_url = process.stdout.readline().strip()
+        if not base_url.startswith("http"):
+            raise RuntimeError(f"emulator did not start (exit {process.wait(timeout=10)})")
+        yield EmulatorProcess(base_url, client_id, client_secret, process)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture
+def dap_emulator() -> Iterator[EmulatorProcess]:
+    """A fresh emulator for one test: 30 base rows per table, jobs complete at once."""
+    with start_emulator() as emulator:
+        yield emulator
