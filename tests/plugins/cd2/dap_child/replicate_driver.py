@@ -1,0 +1,121 @@
+"""Replicate one table with the DAP client, the way our child process does; run with the DAP interpreter.
+
+    DAP_PYTHON replicate_driver.py init|sync NAMESPACE TABLE
+
+Like the child entry point, it calls ``install()`` of the accelerated reader first (so
+``CD2_ACCELERATED_READER=0`` runs the stock reader), then runs ``SQLReplicator.version_upgrade`` and
+``initialize`` or ``synchronize`` with usage tracking off. Secrets come from the environment, never argv:
+``DAP_API_URL``, ``DAP_CLIENT_ID``, ``DAP_CLIENT_SECRET`` and ``CD2_REPLICA_URL`` (a ``postgresql://`` URL).
+
+Prints one line ``DRIVER_RESULT {json}`` with ``accelerated`` (what ``install()`` returned), ``reader``
+(the reader class the client's init/sync modules use), ``seconds`` (the operation alone, after imports),
+``download_seconds`` (the client downloading and gunzipping the objects), ``load_seconds`` (the client
+reading the downloaded files into the database: the part the accelerator speeds up) and ``max_rss_kib``
+(the process's peak resident set size). The timings wrap the client's own methods without changing them.
+With ``CD2_DRIVER_KEEP_FILES=DIR``, the downloaded TSV files are also copied to DIR (for a raw COPY of
+the very same bytes in the benchmark), outside the download and load timings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import json
+import logging
+import os
+import resource
+import shutil
+import sys
+import time
+from pathlib import Path
+
+PLUGINS_DIR = Path(__file__).resolve().parents[4] / "plugins"
+RESULT_PREFIX = "DRIVER_RESULT "
+
+
+def time_calls(owner: type, name: str, seconds: dict[str, float], label: str) -> None:
+    """Add the wall time of every call of the async method ``owner.name`` to ``seconds[label]``."""
+    is_static = isinstance(inspect.getattr_static(owner, name), staticmethod)
+    original = getattr(owner, name)
+
+    @functools.wraps(original)
+    async def timed(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return await original(*args, **kwargs)
+        finally:
+            seconds[label] = seconds.get(label, 0.0) + time.perf_counter() - started
+
+    setattr(owner, name, staticmethod(timed) if is_static else timed)
+
+
+def keep_downloads(directory: Path) -> None:
+    """Copy every file the client downloads into ``directory`` as well."""
+    from dap.api import DAPSession
+
+    original = DAPSession.download_objects
+
+    @functools.wraps(original)
+    async def download_and_keep(*args, **kwargs):
+        paths = await original(*args, **kwargs)
+        directory.mkdir(parents=True, exist_ok=True)
+        for path in paths:
+            shutil.copy(path, directory / Path(path).name)
+        return paths
+
+    DAPSession.download_objects = download_and_keep
+
+
+async def replicate(operation: str, namespace: str, table: str) -> None:
+    from dap.api import DAPClient
+    from dap.dap_types import Credentials
+    from dap.integration.database import DatabaseConnection
+    from dap.replicator.sql import SQLReplicator
+
+    credentials = Credentials.create(
+        client_id=os.environ["DAP_CLIENT_ID"], client_secret=os.environ["DAP_CLIENT_SECRET"]
+    )
+    async with DAPClient(os.environ["DAP_API_URL"], credentials, tracking=False) as session:
+        replicator = SQLReplicator(session, DatabaseConnection(os.environ["CD2_REPLICA_URL"]))
+        await replicator.version_upgrade()
+        if operation == "init":
+            await replicator.initialize(namespace, table)
+        else:
+            await replicator.synchronize(namespace, table)
+
+
+def main(argv: list[str]) -> None:
+    operation, namespace, table = argv
+    if operation not in {"init", "sync"}:
+        raise SystemExit(f"operation must be init or sync, not {operation!r}")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    sys.path.insert(0, str(PLUGINS_DIR))
+    from cd2.dap_child.accelerated_reader import install
+
+    accelerated = install()
+    from dap.api import DAPSession
+    from dap.replicator import sql_op_init, sql_op_sync
+
+    readers = {sql_op_init.AsyncTextReader.__name__, sql_op_sync.AsyncTextReader.__name__}
+    phases: dict[str, float] = {"download_seconds": 0.0, "load_seconds": 0.0}
+    time_calls(DAPSession, "download_objects", phases, "download_seconds")
+    time_calls(sql_op_init.SqlOpInit, "init_insert_data_from_files_to_db", phases, "load_seconds")
+    time_calls(sql_op_sync.SqlOpSync, "sync_insert_data_from_files_to_db", phases, "load_seconds")
+    if os.environ.get("CD2_DRIVER_KEEP_FILES"):
+        keep_downloads(Path(os.environ["CD2_DRIVER_KEEP_FILES"]))
+    started = time.perf_counter()
+    asyncio.run(replicate(operation, namespace, table))
+    seconds = time.perf_counter() - started
+    result = {
+        "accelerated": accelerated,
+        "reader": ",".join(sorted(readers)),
+        "seconds": seconds,
+        **phases,
+        "max_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    }
+    print(RESULT_PREFIX + json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
