@@ -1,0 +1,153 @@
+"""The ``cd2_config`` Airflow Variable and table selection, with errors that name what is wrong."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+# Namespaces the DAP client 2.3.1 can replicate (it ships a model module for each).
+KNOWN_NAMESPACES = ("canvas", "canvas_logs", "catalog", "new_quizzes")
+DEFAULT_NAMESPACES = ("canvas",)
+# The API allows 5 new jobs a minute.
+DEFAULT_MAX_ACTIVE_TABLES = 5
+
+
+class ConfigError(ValueError):
+    """The ``cd2_config`` Variable or a run parameter is invalid; the message says which key and why."""
+
+
+@dataclass(frozen=True)
+class Cd2Config:
+    """The parsed ``cd2_config`` Variable; every key is optional."""
+
+    namespaces: tuple[str, ...] = DEFAULT_NAMESPACES
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    sns_topic_arn: str | None = None
+    max_active_tables: int = DEFAULT_MAX_ACTIVE_TABLES
+
+
+_KEYS = ("namespaces", "include", "exclude", "sns_topic_arn", "max_active_tables")
+
+
+def parse_config(raw: str | Mapping[str, Any] | None) -> Cd2Config:
+    """Parse the Variable's value (JSON text or an already decoded object); empty means all defaults."""
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return Cd2Config()
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"Variable cd2_config is not valid JSON: {error}") from None
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"Variable cd2_config must be a JSON object, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(_KEYS))
+    if unknown:
+        raise ConfigError(f"Variable cd2_config has unknown key(s) {unknown}; known keys: {list(_KEYS)}")
+
+    namespaces = _string_list(raw, "namespaces", default=DEFAULT_NAMESPACES)
+    if not namespaces:
+        raise ConfigError("Variable cd2_config: 'namespaces' is empty; name at least one namespace")
+    for namespace in namespaces:
+        if namespace not in KNOWN_NAMESPACES:
+            raise ConfigError(
+                f"Variable cd2_config: unknown namespace {namespace!r} in 'namespaces'; "
+                f"known namespaces: {list(KNOWN_NAMESPACES)}"
+            )
+
+    topic = raw.get("sns_topic_arn")
+    if topic is not None and (not isinstance(topic, str) or not topic.startswith("arn:")):
+        raise ConfigError(f"Variable cd2_config: 'sns_topic_arn' must be an SNS topic ARN, got {topic!r}")
+
+    max_active = raw.get("max_active_tables", DEFAULT_MAX_ACTIVE_TABLES)
+    if isinstance(max_active, bool) or not isinstance(max_active, int) or max_active < 1:
+        raise ConfigError(
+            f"Variable cd2_config: 'max_active_tables' must be a positive integer, got {max_active!r}"
+        )
+
+    return Cd2Config(
+        namespaces=namespaces,
+        include=_string_list(raw, "include"),
+        exclude=_string_list(raw, "exclude"),
+        sns_topic_arn=topic or None,
+        max_active_tables=max_active,
+    )
+
+
+def parse_table_param(value: Any, name: str) -> tuple[str, ...]:
+    """A run parameter holding table names: a list of strings, a comma-separated string, or empty."""
+    if value is None or value == "":
+        return ()
+    if isinstance(value, str):
+        value = [part for part in (piece.strip() for piece in value.split(",")) if part]
+    if not isinstance(value, Sequence) or not all(isinstance(item, str) and item for item in value):
+        raise ConfigError(f"Param {name!r} must be a list of table names, got {value!r}")
+    return tuple(value)
+
+
+def _string_list(raw: Mapping[str, Any], key: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+    value = raw.get(key)
+    if value is None:
+        return default
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+        raise ConfigError(f"Variable cd2_config: {key!r} must be a list of non-empty strings, got {value!r}")
+    return tuple(value)
+
+
+def table_label(namespace: str, table: str) -> str:
+    """How a table is named in the UI, in results and in notifications."""
+    return f"{namespace}.{table}"
+
+
+def split_label(label: str) -> tuple[str, str]:
+    """``"canvas.accounts"`` -> ``("canvas", "accounts")``."""
+    namespace, dot, table = label.partition(".")
+    if not dot or not namespace or not table:
+        raise ConfigError(f"Table {label!r} is not of the form namespace.table")
+    return namespace, table
+
+
+def matches(pattern: str, namespace: str, table: str) -> bool:
+    """Whether ``pattern`` (``ns.table`` or ``table``, glob allowed) names this table."""
+    if "." in pattern:
+        return fnmatch.fnmatchcase(table_label(namespace, table), pattern)
+    return fnmatch.fnmatchcase(table, pattern)
+
+
+def select_tables(
+    available: Mapping[str, Sequence[str]],
+    *,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    requested: Sequence[str] = (),
+) -> list[str]:
+    """Labels of the tables to replicate, sorted; raises :class:`ConfigError` naming any entry of
+    ``include`` or ``requested`` (the ``tables`` param) that matches no table."""
+    everything = [(ns, table) for ns in available for table in available[ns]]
+    for source, patterns in (("cd2_config 'include'", include), ("param 'tables'", requested)):
+        for pattern in patterns:
+            if "." in pattern:
+                namespace = pattern.partition(".")[0]
+                if namespace not in available:
+                    raise ConfigError(
+                        f"{source}: {pattern!r} names namespace {namespace!r}, which is not configured; "
+                        f"configured namespaces: {sorted(available)}"
+                    )
+            if not any(matches(pattern, ns, table) for ns, table in everything):
+                raise ConfigError(
+                    f"{source}: {pattern!r} matches no table in namespace(s) {sorted(available)}"
+                )
+
+    chosen = [
+        (ns, table)
+        for ns, table in everything
+        if (not include or any(matches(p, ns, table) for p in include))
+        and not any(matches(p, ns, table) for p in exclude)
+        and (not requested or any(matches(p, ns, table) for p in requested))
+    ]
+    return sorted(table_label(ns, table) for ns, table in chosen)

@@ -1,0 +1,10 @@
+"""Entry point: ``python -m cd2.dap_child <list|sync|init> ...`` (see :mod:`cd2.dap_child.runner`)."""
+
+from cd2.dap_child import accelerated_reader
+
+# Must run before any dap replicator module is imported.
+accelerated_reader.install()
+
+from cd2.dap_child.runner import main  # noqa: E402
+
+raise SystemExit(main())

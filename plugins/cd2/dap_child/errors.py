@@ -1,0 +1,79 @@
+"""Sort an exception raised while running the DAP client into transient (retry) or permanent (fix first).
+
+Decided by exception type, never by parsing message text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+from dap import dap_error
+from pysqlsync.base import QueryException
+
+from cd2.child_protocol import PERMANENT, TRANSIENT
+
+
+class LockTimeout(Exception):
+    """Another task instance holds the table's lock for longer than we may wait."""
+
+
+class DapEnvironmentError(Exception):
+    """A required environment variable of the child is missing."""
+
+
+@dataclass(frozen=True)
+class ClassifiedError:
+    category: str
+    type: str
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"category": self.category, "type": self.type, "message": self.message}
+
+
+_PERMANENT_HINTS: tuple[tuple[type[BaseException], str], ...] = (
+    (
+        dap_error.AuthenticationError,
+        "DAP rejected the credentials: check the dap_default connection's "
+        "login (client id) and password (client secret)",
+    ),
+    (dap_error.AccountDisabledError, "the DAP account is disabled: contact Instructure support"),
+    (dap_error.AccountNotOnboardedError, "the DAP account is not onboarded: contact Instructure support"),
+    (dap_error.RequestTypeForbiddenError, "this request type is forbidden for the account"),
+    (
+        dap_error.NotFoundError,
+        "the API does not know this namespace or table: check cd2_config "
+        "'namespaces'/'include' and the 'tables' param",
+    ),
+    (dap_error.ValidationError, "the API refused the request as invalid"),
+    (
+        QueryException,
+        "PostgreSQL refused the schema change (a view may depend on the column): fix the "
+        "target database, then re-run",
+    ),
+    (LockTimeout, "another task instance is working on this table"),
+    (DapEnvironmentError, "the child process was started without its environment"),
+    (asyncpg.InvalidPasswordError, "PostgreSQL rejected the login: check the cd2_postgres connection"),
+    (asyncpg.InvalidAuthorizationSpecificationError, "PostgreSQL rejected the login: check cd2_postgres"),
+    (asyncpg.InvalidCatalogNameError, "the database does not exist: check the cd2_postgres schema field"),
+    (asyncpg.InsufficientPrivilegeError, "the cd2_postgres user lacks a privilege it needs"),
+)
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, dap_error.OperationError):
+        return error.message
+    if isinstance(error, dap_error.ServerError):
+        return f"server error: {error.body}"
+    return str(error) or type(error).__name__
+
+
+def classify(error: BaseException) -> ClassifiedError:
+    """Transient errors are worth an Airflow retry; permanent ones need someone to fix something first."""
+    for error_type, hint in _PERMANENT_HINTS:
+        if isinstance(error, error_type):
+            return ClassifiedError(PERMANENT, type(error).__name__, f"{_describe(error)} ({hint})")
+    # 5xx after the client's own retries, ProcessingError, failed jobs, connection resets, timeouts,
+    # and anything unforeseen: Airflow's bounded retries.
+    return ClassifiedError(TRANSIENT, type(error).__name__, _describe(error))

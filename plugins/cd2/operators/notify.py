@@ -1,0 +1,93 @@
+"""NotifyRunOperator: one SNS message summarizing every table of the run."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowFailException
+
+from cd2.config import ConfigError, parse_config
+from cd2.operators.replicate import OUTCOME_KEY
+from cd2.summary import Notification, compose, summarize_table
+
+
+class NotifyRunOperator(BaseOperator):
+    """Publish the run's summary to ``sns_topic_arn`` from ``cd2_config`` (or log it when there is none).
+
+    Runs after every table finished whatever its state (``trigger_rule="all_done"``). Reads the table
+    list and each table's outcome from XCom: failed tasks push their outcome too.
+
+    :param config: the ``cd2_config`` Variable's value.
+    :param list_task_id: the task that returned the tables.
+    :param table_task_ids: the mapped per-table tasks, in order (sync, init).
+    :param aws_conn_id: the AWS connection for SNS.
+    """
+
+    template_fields: Sequence[str] = ("config",)
+    ui_color = "#f8efe0"
+
+    def __init__(
+        self,
+        *,
+        config: str | Mapping[str, Any] | None = None,
+        list_task_id: str,
+        table_task_ids: Sequence[str],
+        aws_conn_id: str | None = "aws_default",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.config = config
+        self.list_task_id = list_task_id
+        self.table_task_ids = table_task_ids
+        self.aws_conn_id = aws_conn_id
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        try:
+            topic = parse_config(self.config).sns_topic_arn
+            problem = None
+        except ConfigError as error:
+            topic, problem = None, str(error)
+        notification = self.compose(context, problem)
+        self.log.info("%s\n%s", notification.subject, notification.text)
+        if topic:
+            # Imported here: the Amazon provider (boto3) would cost the DAG file's parse time.
+            from airflow.providers.amazon.aws.hooks.sns import SnsHook
+
+            SnsHook(aws_conn_id=self.aws_conn_id).get_conn().publish(
+                TopicArn=topic,
+                Subject=notification.subject,
+                Message=notification.sns_message(),
+                MessageStructure="json",
+            )
+            self.log.info("Published the summary to %s", topic)
+        elif problem:
+            raise AirflowFailException(f"Cannot notify: {problem}")
+        else:
+            self.log.info("No sns_topic_arn in cd2_config: the summary above is only logged")
+        return notification.facts
+
+    def compose(self, context: Any, problem: str | None) -> Notification:
+        ti = context["ti"]
+        tables = ti.xcom_pull(task_ids=self.list_task_id, map_indexes=-1)
+        if tables is None and problem is None:
+            problem = f"task {self.list_task_id} produced no table list (see its log)"
+        tables = tables or []
+        indexes = list(range(len(tables)))
+        per_task = [
+            ti.xcom_pull(task_ids=task_id, key=OUTCOME_KEY, map_indexes=indexes) if indexes else []
+            for task_id in self.table_task_ids
+        ]
+        summaries = [
+            summarize_table(label, *(outcomes[index] for outcomes in per_task))
+            for index, label in enumerate(tables)
+        ]
+        return compose(
+            summaries,
+            dag_id=self.dag_id,
+            run_id=context["run_id"],
+            now=datetime.now(UTC),
+            problem=problem,
+        )

@@ -1,0 +1,143 @@
+"""What a run did, table by table: merged from each table's sync and init outcomes, and told as a message.
+
+An *outcome* is the dict each table task pushes under XCom key ``outcome``: ``table``, ``state``
+(``ok``/``failed``/``skipped``), ``action``, ``duration_seconds``, ``rows``, ``watermark_before``,
+``watermark_after``, ``error`` (first line).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+SYNCED = "synced"
+INITIALIZED = "initialized"
+FAILED = "failed"
+SKIPPED = "skipped"
+OUTCOMES = (SYNCED, INITIALIZED, FAILED, SKIPPED)
+SUBJECT_LIMIT = 100  # SNS refuses longer subjects
+
+
+@dataclass(frozen=True)
+class TableSummary:
+    table: str
+    outcome: str
+    duration_seconds: float | None = None
+    rows: int | None = None
+    watermark: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Notification:
+    subject: str
+    text: str
+    facts: dict[str, Any]
+
+    def sns_message(self) -> str:
+        """The ``Message`` for ``MessageStructure=json``: text for email, the facts as JSON for SQS/Lambda."""
+        facts = json.dumps(self.facts, sort_keys=True)
+        return json.dumps(
+            {"default": self.text, "email": self.text, "sqs": facts, "lambda": facts, "https": facts}
+        )
+
+
+def first_line(text: str | None) -> str | None:
+    return text.strip().splitlines()[0] if text and text.strip() else None
+
+
+def summarize_table(
+    label: str, sync: Mapping[str, Any] | None, init: Mapping[str, Any] | None
+) -> TableSummary:
+    """One table's outcome from what its sync and init tasks reported (either may be missing)."""
+    if sync is None:
+        return TableSummary(label, SKIPPED, error="sync did not run")
+    if sync.get("state") == FAILED:
+        return _summary(label, FAILED, sync, sync)
+    if init is not None and init.get("state") == FAILED:
+        return _summary(label, FAILED, init, sync, init)
+    if init is not None and init.get("state") == "ok":
+        outcome = INITIALIZED if init.get("action") == INITIALIZED else SYNCED
+        return _summary(label, outcome, init, sync, init)
+    if sync.get("action") == "init_needed":
+        return TableSummary(label, FAILED, sync.get("duration_seconds"), error="init needed but did not run")
+    return _summary(label, SYNCED, sync, sync)
+
+
+def _summary(label: str, outcome: str, last: Mapping[str, Any], *parts: Mapping[str, Any]) -> TableSummary:
+    durations = [p["duration_seconds"] for p in parts if p.get("duration_seconds") is not None]
+    return TableSummary(
+        table=label,
+        outcome=outcome,
+        duration_seconds=round(sum(durations), 3) if durations else None,
+        rows=last.get("rows"),
+        watermark=last.get("watermark_after") or last.get("watermark_before"),
+        error=first_line(last.get("error")),
+    )
+
+
+def _lag_seconds(watermark: str | None, now: datetime) -> float | None:
+    if not watermark:
+        return None
+    moment = datetime.fromisoformat(watermark.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return max(0.0, (now - moment).total_seconds())
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return (
+        f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+    )
+
+
+def compose(
+    summaries: Sequence[TableSummary],
+    *,
+    dag_id: str,
+    run_id: str,
+    now: datetime,
+    problem: str | None = None,
+) -> Notification:
+    """The run's notification: counts in the subject, one line per table in the text, the same as facts.
+
+    ``problem`` reports a failure before any table ran (e.g. the table list could not be made).
+    """
+    counts = Counter(s.outcome for s in summaries)
+    lags = [lag for s in summaries if (lag := _lag_seconds(s.watermark, now)) is not None]
+    max_lag = max(lags) if lags else None
+    count_text = ", ".join(f"{counts[o]} {o}" for o in OUTCOMES)
+    if problem:
+        subject = f"{dag_id}: FAILED before any table ran"
+    elif not summaries:
+        subject = f"{dag_id}: nothing to do"
+    else:
+        subject = f"{dag_id}: {count_text}"
+    lines = [f"Run {run_id} of {dag_id}: {count_text}."]
+    if problem:
+        lines.append(f"Problem: {first_line(problem)}")
+    elif not summaries:
+        lines.append("No table matched the configuration and params: nothing to do.")
+    lines.append(f"Largest data lag: {_duration(max_lag)}" if max_lag is not None else "Largest data lag: -")
+    lines.append("")
+    for s in summaries:
+        rows = f", {s.rows} rows" if s.rows is not None else ""
+        error = f": {s.error}" if s.error else ""
+        lines.append(f"{s.table}: {s.outcome} in {_duration(s.duration_seconds)}{rows}{error}")
+    facts = {
+        "dag_id": dag_id,
+        "run_id": run_id,
+        "counts": {o: counts[o] for o in OUTCOMES},
+        "max_lag_seconds": round(max_lag, 1) if max_lag is not None else None,
+        "problem": first_line(problem),
+        "tables": [asdict(s) for s in summaries],
+    }
+    return Notification(subject[:SUBJECT_LIMIT], "\n".join(lines) + "\n", facts)

@@ -1,0 +1,75 @@
+"""Fixtures for DAG tests: one migrated throwaway Airflow home, the DAP emulator, moto's SNS and SQS."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import boto3
+import pytest
+
+from tests.support.airflow_env import AirflowEnvironment
+from tests.support.moto_server import AWS_TEST_CLIENT_KWARGS, aws_test_environment, moto_server
+
+
+@pytest.fixture(scope="session")
+def airflow_env() -> AirflowEnvironment:
+    """A throwaway AIRFLOW_HOME with SQLite, ``airflow db migrate`` run once."""
+    environment = AirflowEnvironment.create()
+    yield environment
+    environment.remove()
+
+
+@pytest.fixture(scope="module")
+def dap_emulator():
+    from tests.dap_emulator.fixture import start_emulator
+
+    with start_emulator(rows=30) as emulator:
+        yield emulator
+
+
+@dataclass
+class Sns:
+    """An SNS topic with an SQS queue subscribed, on a moto server."""
+
+    endpoint_url: str
+    topic_arn: str
+    queue_url: str
+    sqs: object
+
+    @property
+    def env(self) -> dict[str, str]:
+        return aws_test_environment(self.endpoint_url)
+
+    @property
+    def connection(self) -> dict:
+        return {"conn_type": "aws", "extra": {"endpoint_url": self.endpoint_url, "region_name": "us-east-1"}}
+
+    def received(self) -> list[dict]:
+        """The SNS envelopes delivered to the queue since the last call (their Message decoded)."""
+        envelopes = []
+        while True:
+            answer = self.sqs.receive_message(
+                QueueUrl=self.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1
+            )
+            if not answer.get("Messages"):
+                return envelopes
+            for message in answer["Messages"]:
+                envelope = json.loads(message["Body"])
+                envelope["facts"] = json.loads(envelope["Message"])
+                envelopes.append(envelope)
+                self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
+
+
+@pytest.fixture(scope="module")
+def sns() -> Sns:
+    with moto_server() as endpoint_url:
+        sns_client = boto3.client("sns", endpoint_url=endpoint_url, **AWS_TEST_CLIENT_KWARGS)
+        sqs = boto3.client("sqs", endpoint_url=endpoint_url, **AWS_TEST_CLIENT_KWARGS)
+        topic_arn = sns_client.create_topic(Name="cd2-replica")["TopicArn"]
+        queue_url = sqs.create_queue(QueueName="cd2-replica-events")["QueueUrl"]
+        queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"][
+            "QueueArn"
+        ]
+        sns_client.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=queue_arn)
+        yield Sns(endpoint_url, topic_arn, queue_url, sqs)

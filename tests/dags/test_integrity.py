@@ -1,0 +1,61 @@
+"""Every file under dags/ loads with DagBag, and cd2_replica follows the team's DAG rules."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+from tests.support.airflow_env import AIRFLOW_PYTHON, AirflowEnvironment
+
+PROBE = """
+import json
+from airflow.dag_processing.dagbag import DagBag
+bag = DagBag(dag_folder="{dags}")
+dag = bag.dags.get("cd2_replica")
+facts = None
+if dag is not None:
+    sync = dag.get_task("table.sync")
+    facts = {{
+        "files": sorted({{d.fileloc for d in bag.dags.values()}}),
+        "schedule": str(dag.schedule),
+        "catchup": dag.catchup,
+        "max_active_runs": dag.max_active_runs,
+        "tags": sorted(dag.tags),
+        "doc": bool(dag.doc_md),
+        "owner": dag.default_args.get("owner"),
+        "retries": dag.default_args.get("retries"),
+        "backoff": dag.default_args.get("retry_exponential_backoff"),
+        "params": sorted(dag.params.keys()),
+        "tasks": sorted(dag.task_ids),
+        "map_index_template": sync.map_index_template,
+    }}
+print(json.dumps({{"errors": {{k: str(v) for k, v in bag.import_errors.items()}}, "dags": sorted(bag.dags), "facts": facts}}))
+"""
+
+
+def load(airflow_env: AirflowEnvironment, extra_env: dict[str, str] | None = None) -> dict:
+    env = airflow_env.base_env() | (extra_env or {})
+    dags = env["AIRFLOW__CORE__DAGS_FOLDER"]
+    completed = subprocess.run(
+        [str(AIRFLOW_PYTHON), "-c", PROBE.format(dags=dags)], env=env, capture_output=True, text=True
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def test_every_dag_file_loads_without_import_errors(airflow_env):
+    loaded = load(airflow_env)
+    assert loaded["errors"] == {}
+    assert loaded["dags"] == ["cd2_replica"]
+    facts = loaded["facts"]
+    assert facts["schedule"] == "0 */4 * * *"
+    assert (facts["catchup"], facts["max_active_runs"], facts["doc"]) == (False, 1, True)
+    assert facts["tags"] and facts["owner"] and facts["retries"] >= 1 and facts["backoff"]
+    assert facts["params"] == ["force_reinit", "tables"]
+    assert facts["tasks"] == ["fail_if_any_table_failed", "list_tables", "notify", "table.init", "table.sync"]
+    assert facts["map_index_template"] == "{{ table_label }}"
+
+
+def test_schedule_comes_from_airflow_configuration(airflow_env):
+    loaded = load(airflow_env, {"AIRFLOW__CD2__SCHEDULE": "30 1 * * *"})
+    assert loaded["facts"]["schedule"] == "30 1 * * *"

@@ -1,0 +1,203 @@
+"""DapHook against the DAP emulator over HTTP and a real PostgreSQL, each action in a real child process."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from cd2.hooks.dap import DapHook, DapPermanentError, DapTransientError
+from tests.dap_emulator.truth import replica_truth
+from tests.support.airflow_env import AIRFLOW_PYTHON, dap_connection, postgres_connection
+from tests.support.paths import DAP_PYTHON
+
+NS = "canvas"
+
+
+@pytest.fixture
+def hook(dap_emulator, database_url, monkeypatch) -> DapHook:
+    """A hook whose connections point at the emulator and this test's fresh database."""
+    dap_emulator.reset()
+    dap = dap_connection(dap_emulator)
+    pg = postgres_connection(database_url + "?sslmode=disable")
+    monkeypatch.setenv("AIRFLOW_CONN_DAP_DEFAULT", json.dumps(dap))
+    monkeypatch.setenv("AIRFLOW_CONN_CD2_POSTGRES", json.dumps(pg))
+    monkeypatch.setenv("CD2_DAP_PYTHON", str(DAP_PYTHON))
+    return DapHook()
+
+
+def in_step(emulator, database_url, table: str) -> bool:
+    return emulator.truth(NS, table) == replica_truth(database_url, NS, table)
+
+
+def data_jobs(emulator, table: str) -> int:
+    return sum(1 for r in emulator.requests() if r.get("endpoint") == "data" and r.get("table") == table)
+
+
+def test_list_tables(hook):
+    tables = hook.list_tables(["canvas"])
+    assert "accounts" in tables["canvas"] and "users" in tables["canvas"]
+
+
+def test_init_needed_then_init_then_sync_keep_replica_equal_to_source(hook, dap_emulator, database_url):
+    first = hook.sync_table(NS, "accounts")
+    assert (first["action"], first["reason"]) == ("init_needed", "not initialized")
+    assert data_jobs(dap_emulator, "accounts") == 0  # decided from table_sync, no job created
+
+    init = hook.init_table(NS, "accounts")
+    assert (init["action"], init["rows"], init["schema_version"]) == ("initialized", 30, 1)
+    assert 10 < init["peak_rss_mb"] < 1000
+    assert in_step(dap_emulator, database_url, "accounts")
+
+    dap_emulator.advance(changes=10)
+    synced = hook.sync_table(NS, "accounts")
+    assert synced["action"] == "synced" and synced["watermark_after"] > synced["watermark_before"]
+    assert synced["rows"] == 10 and synced["duration_seconds"] > 0
+    assert in_step(dap_emulator, database_url, "accounts")
+
+    # Re-running either task (as clearing it in the UI does) changes nothing: init of an initialized
+    # table without reinit synchronizes instead.
+    assert hook.sync_table(NS, "accounts")["action"] == "synced"
+    assert hook.init_table(NS, "accounts")["action"] == "synced"
+    assert in_step(dap_emulator, database_url, "accounts")
+
+
+def test_half_initialized_leftover_is_dropped_and_reloaded(hook, dap_emulator, database_url, postgres_server):
+    hook.init_table(NS, "users")
+    dap_emulator.advance(changes=5)
+    # What an init killed mid-load leaves: part of the rows, no table_sync row.
+    with postgres_server.connect(database_url.rsplit("/", 1)[1]) as conn, conn.cursor() as cur:
+        cur.execute("DELETE FROM canvas.users WHERE id % 2 = 0")
+        cur.execute("DELETE FROM instructure_dap.table_sync WHERE source_table = 'users'")
+    assert hook.sync_table(NS, "users")["action"] == "init_needed"
+    assert hook.init_table(NS, "users")["action"] == "initialized"
+    assert in_step(dap_emulator, database_url, "users")
+
+
+def test_force_reinit_and_out_of_range_reload_the_table(hook, dap_emulator, database_url):
+    hook.init_table(NS, "courses")
+    dap_emulator.advance(changes=5)
+    dap_emulator.inject_fault("out_of_range", table="courses")
+    too_old = hook.sync_table(NS, "courses")
+    assert (too_old["action"], too_old["reinit"]) == ("init_needed", True)
+    reloaded = hook.init_table(NS, "courses", reinit=True)
+    assert reloaded["action"] == "initialized" and reloaded["watermark_before"] is not None
+    assert in_step(dap_emulator, database_url, "courses")
+
+
+def test_errors_are_sorted_into_permanent_and_transient(hook, dap_emulator):
+    dap_emulator.inject_fault("not_found", endpoint="schema", table="accounts")
+    with pytest.raises(DapPermanentError, match="NotFoundError") as error:
+        hook.init_table(NS, "accounts")
+    assert "check cd2_config" in str(error.value)
+
+    dap_emulator.inject_fault("unauthorized", endpoint="login")
+    with pytest.raises(DapPermanentError, match="dap_default connection's login"):
+        hook.list_tables(["canvas"])
+
+    dap_emulator.inject_fault("server_error", endpoint="list", status=503, times=None)
+    with pytest.raises(DapTransientError):
+        hook.list_tables(["canvas"])
+
+
+def child_command_lines() -> list[str]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "cd2.dap_child" in text:
+            found.append(text)
+    return found
+
+
+def test_a_locked_table_waits_then_fails_naming_the_holder_and_argv_has_no_secret(
+    hook, dap_emulator, postgres_server, database_url, caplog
+):
+    holder = postgres_server.connect(database_url.rsplit("/", 1)[1])
+    try:
+        with holder.cursor() as cur:
+            cur.execute("SET application_name = 'cd2_replica manual__holding_run'")
+            cur.execute("SELECT pg_advisory_lock(1128542804, hashtext('canvas.accounts'))")
+        seen: list[str] = []
+
+        def watch() -> None:
+            deadline = time.monotonic() + 10
+            while not seen and time.monotonic() < deadline:
+                seen.extend(child_command_lines())
+                time.sleep(0.05)
+
+        watcher = threading.Thread(target=watch)
+        started = time.monotonic()
+        watcher.start()
+        with pytest.raises(DapPermanentError, match="locked by cd2_replica manual__holding_run"):
+            hook.sync_table(NS, "accounts", lock_wait_seconds=2)
+        watcher.join()
+        assert 2 <= time.monotonic() - started < 30
+    finally:
+        holder.close()
+    assert seen, "the child process was not seen running"
+    secrets = [dap_emulator.client_secret, postgres_server.password]
+    for text in seen + [caplog.text]:
+        assert not any(secret in text for secret in secrets)
+    assert "--holder" in seen[0]
+
+
+def test_max_active_tables_makes_a_table_wait_for_a_free_slot(hook, postgres_server, database_url):
+    other = postgres_server.connect(database_url.rsplit("/", 1)[1])
+    with other.cursor() as cur:
+        cur.execute("SELECT pg_advisory_lock(1128542803, 0)")  # the only slot when max_active_tables=1
+    timer = threading.Timer(3, other.close)
+    started = time.monotonic()
+    timer.start()
+    try:
+        result = hook.sync_table(NS, "accounts", max_active_tables=1)
+    finally:
+        timer.join()
+    assert result["action"] == "init_needed"
+    assert time.monotonic() - started >= 3
+
+
+def test_the_child_dies_with_a_killed_or_timed_out_task(hook, postgres_server, database_url):
+    holder = postgres_server.connect(database_url.rsplit("/", 1)[1])
+    try:
+        with holder.cursor() as cur:  # keeps the child waiting for the table
+            cur.execute("SELECT pg_advisory_lock(1128542804, hashtext('canvas.accounts'))")
+        # on_kill, from another thread as Airflow's task runner does
+        threading.Timer(2, hook.kill_child).start()
+        with pytest.raises(DapTransientError, match="stopped by signal 15"):
+            hook.sync_table(NS, "accounts", lock_wait_seconds=60)
+        assert not child_command_lines()
+
+        # execution_timeout: Airflow raises in the task's main thread from a signal handler
+        def time_out(signum, frame):
+            raise TimeoutError("execution_timeout")
+
+        previous = signal.signal(signal.SIGALRM, time_out)
+        signal.alarm(2)
+        try:
+            with pytest.raises(TimeoutError):
+                hook.sync_table(NS, "accounts", lock_wait_seconds=60)
+        finally:
+            signal.signal(signal.SIGALRM, previous)
+        assert not child_command_lines()
+    finally:
+        holder.close()
+
+
+def test_missing_or_broken_dap_interpreter_fails_saying_so(hook, monkeypatch, tmp_path):
+    monkeypatch.delenv("CD2_DAP_PYTHON")
+    with pytest.raises(DapPermanentError, match="CD2_DAP_PYTHON is not set"):
+        hook.list_tables(["canvas"])
+    monkeypatch.setenv("CD2_DAP_PYTHON", str(tmp_path / "nowhere" / "python"))
+    with pytest.raises(DapPermanentError, match="missing or not executable"):
+        hook.list_tables(["canvas"])
+    # An interpreter without the DAP client (Airflow's) stands for a broken virtualenv.
+    monkeypatch.setenv("CD2_DAP_PYTHON", str(AIRFLOW_PYTHON))
+    with pytest.raises(DapPermanentError, match="without a result.*No module named 'dap'"):
+        hook.list_tables(["canvas"])

@@ -1,0 +1,98 @@
+"""cd2_config parsing and table selection: defaults, validation errors that name the culprit."""
+
+from __future__ import annotations
+
+import pytest
+
+from cd2.config import (
+    Cd2Config,
+    ConfigError,
+    parse_config,
+    parse_table_param,
+    select_tables,
+    split_label,
+)
+
+AVAILABLE = {"canvas": ["accounts", "courses", "users", "user_notes"], "catalog": ["courses"]}
+
+
+def test_empty_or_missing_config_means_defaults():
+    for raw in (None, "", "  ", "{}", {}):
+        assert parse_config(raw) == Cd2Config(namespaces=("canvas",), max_active_tables=5)
+
+
+def test_config_keys_are_parsed():
+    config = parse_config(
+        '{"namespaces": ["canvas", "catalog"], "include": ["canvas.*"], "exclude": "user_*", '
+        '"sns_topic_arn": "arn:aws:sns:us-east-1:123456789012:cd2", "max_active_tables": 2}'
+    )
+    assert config == Cd2Config(
+        namespaces=("canvas", "catalog"),
+        include=("canvas.*",),
+        exclude=("user_*",),
+        sns_topic_arn="arn:aws:sns:us-east-1:123456789012:cd2",
+        max_active_tables=2,
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw", "named"),
+    [
+        ("{not json", "not valid JSON"),
+        ("[1]", "must be a JSON object"),
+        ('{"namespace": ["canvas"]}', "'namespace'"),
+        ('{"namespaces": ["canvas", "mastery"]}', "'mastery'"),
+        ('{"namespaces": []}', "'namespaces' is empty"),
+        ('{"include": [1]}', "'include'"),
+        ('{"max_active_tables": 0}', "'max_active_tables'"),
+        ('{"max_active_tables": true}', "'max_active_tables'"),
+        ('{"sns_topic_arn": "my-topic"}', "'sns_topic_arn'"),
+    ],
+)
+def test_bad_config_names_the_problem(raw, named):
+    with pytest.raises(ConfigError, match="cd2_config") as error:
+        parse_config(raw)
+    assert named in str(error.value)
+
+
+def test_table_param_accepts_list_or_comma_string():
+    assert parse_table_param(["canvas.users", "accounts"], "tables") == ("canvas.users", "accounts")
+    assert parse_table_param("users, accounts", "tables") == ("users", "accounts")
+    assert parse_table_param([], "tables") == ()
+    with pytest.raises(ConfigError, match="'force_reinit'"):
+        parse_table_param([1], "force_reinit")
+
+
+def test_select_applies_include_exclude_and_tables_param():
+    assert select_tables(AVAILABLE) == [
+        "canvas.accounts", "canvas.courses", "canvas.user_notes", "canvas.users", "catalog.courses",
+    ]  # fmt: skip
+    assert select_tables(AVAILABLE, include=["courses"]) == ["canvas.courses", "catalog.courses"]
+    assert select_tables(AVAILABLE, include=["canvas.*"], exclude=["user*"]) == [
+        "canvas.accounts",
+        "canvas.courses",
+    ]
+    assert select_tables(AVAILABLE, exclude=["catalog.*"], requested=["users", "canvas.acc*"]) == [
+        "canvas.accounts",
+        "canvas.users",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("include", "requested", "named"),
+    [
+        (["nosuch"], [], "cd2_config 'include': 'nosuch' matches no table"),
+        ([], ["canvas.nosuch"], "param 'tables': 'canvas.nosuch' matches no table"),
+        ([], ["new_quizzes.quizzes"], "namespace 'new_quizzes', which is not configured"),
+    ],
+)
+def test_entries_matching_nothing_fail_naming_them(include, requested, named):
+    with pytest.raises(ConfigError) as error:
+        select_tables(AVAILABLE, include=include, requested=requested)
+    assert named in str(error.value)
+
+
+def test_split_label():
+    assert split_label("canvas.users") == ("canvas", "users")
+    with pytest.raises(ConfigError, match="namespace.table"):
+        split_label("users")

@@ -1,0 +1,61 @@
+"""Merging per-table outcomes and composing the notification (subject counts, lines, JSON facts)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+from cd2.summary import compose, summarize_table
+
+NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+SYNC_OK = {"state": "ok", "action": "synced", "duration_seconds": 2.0, "rows": 7,
+           "watermark_before": "2026-01-01T04:00:00Z", "watermark_after": "2026-01-01T08:00:00Z"}  # fmt: skip
+SYNC_NEEDS_INIT = {"state": "ok", "action": "init_needed", "duration_seconds": 0.5}
+INIT_OK = {"state": "ok", "action": "initialized", "duration_seconds": 61.0, "rows": 1000,
+           "watermark_after": "2026-01-01T10:00:00Z"}  # fmt: skip
+FAILED = {"state": "failed", "error": "DapPermanentError: NotFoundError: no such table (check ...)\ntrace"}
+
+
+def test_outcome_per_table():
+    assert summarize_table("canvas.a", SYNC_OK, None).outcome == "synced"
+    initialized = summarize_table("canvas.b", SYNC_NEEDS_INIT, INIT_OK)
+    assert (initialized.outcome, initialized.rows, initialized.duration_seconds) == (
+        "initialized",
+        1000,
+        61.5,
+    )
+    failed = summarize_table("canvas.c", SYNC_NEEDS_INIT, FAILED)
+    assert failed.outcome == "failed" and failed.error == FAILED["error"].splitlines()[0]
+    assert summarize_table("canvas.d", FAILED, None).outcome == "failed"
+    assert summarize_table("canvas.e", None, None).outcome == "skipped"
+    assert summarize_table("canvas.f", SYNC_NEEDS_INIT, None).outcome == "failed"
+
+
+def test_message_has_counts_lines_lag_and_json_facts():
+    summaries = [
+        summarize_table("canvas.a", SYNC_OK, None),
+        summarize_table("canvas.b", SYNC_NEEDS_INIT, INIT_OK),
+        summarize_table("canvas.c", SYNC_NEEDS_INIT, FAILED),
+    ]
+    note = compose(summaries, dag_id="cd2_replica", run_id="manual__x", now=NOW)
+    assert note.subject == "cd2_replica: 1 synced, 1 initialized, 1 failed, 0 skipped"
+    assert "Run manual__x" in note.text and "Largest data lag: 4h00m00s" in note.text
+    assert "canvas.a: synced in 2s, 7 rows" in note.text
+    assert "canvas.b: initialized in 1m02s, 1000 rows" in note.text
+    assert "canvas.c: failed in " in note.text and "NotFoundError: no such table" in note.text
+    message = json.loads(note.sns_message())
+    assert message["email"] == note.text == message["default"]
+    facts = json.loads(message["sqs"])
+    assert facts == json.loads(message["lambda"]) == note.facts
+    assert facts["counts"] == {"synced": 1, "initialized": 1, "failed": 1, "skipped": 0}
+    assert facts["max_lag_seconds"] == 4 * 3600 and facts["run_id"] == "manual__x"
+    assert [t["table"] for t in facts["tables"]] == ["canvas.a", "canvas.b", "canvas.c"]
+
+
+def test_nothing_to_do_and_early_problem_are_said():
+    empty = compose([], dag_id="cd2_replica", run_id="r", now=NOW)
+    assert empty.subject == "cd2_replica: nothing to do" and "nothing to do" in empty.text
+    broken = compose(
+        [], dag_id="cd2_replica", run_id="r", now=NOW, problem="param 'tables': 'x' matches no table"
+    )
+    assert "FAILED" in broken.subject and "'x' matches no table" in broken.text
