@@ -9,7 +9,7 @@ import boto3
 import pytest
 
 from tests.support.airflow_env import AirflowEnvironment
-from tests.support.moto_server import AWS_TEST_CLIENT_KWARGS, aws_test_environment, moto_server
+from tests.support.moto_server import AWS_TEST_CLIENT_KWARGS, aws_test_environment, reset
 
 
 @pytest.fixture(scope="session")
@@ -18,14 +18,6 @@ def airflow_env() -> AirflowEnvironment:
     environment = AirflowEnvironment.create()
     yield environment
     environment.remove()
-
-
-@pytest.fixture(scope="module")
-def dap_emulator():
-    from tests.dap_emulator.fixture import start_emulator
-
-    with start_emulator(rows=30) as emulator:
-        yield emulator
 
 
 @dataclass
@@ -62,14 +54,13 @@ class Sns:
 
 
 @pytest.fixture(scope="module")
-def sns() -> Sns:
-    with moto_server() as endpoint_url:
-        sns_client = boto3.client("sns", endpoint_url=endpoint_url, **AWS_TEST_CLIENT_KWARGS)
-        sqs = boto3.client("sqs", endpoint_url=endpoint_url, **AWS_TEST_CLIENT_KWARGS)
-        topic_arn = sns_client.create_topic(Name="cd2-replica")["TopicArn"]
-        queue_url = sqs.create_queue(QueueName="cd2-replica-events")["QueueUrl"]
-        queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"][
-            "QueueArn"
-        ]
-        sns_client.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=queue_arn)
-        yield Sns(endpoint_url, topic_arn, queue_url, sqs)
+def sns(moto_endpoint: str) -> Sns:
+    """A fresh SNS topic with an SQS queue subscribed, on the session's (emptied) moto server."""
+    reset(moto_endpoint)
+    sns_client = boto3.client("sns", endpoint_url=moto_endpoint, **AWS_TEST_CLIENT_KWARGS)
+    sqs = boto3.client("sqs", endpoint_url=moto_endpoint, **AWS_TEST_CLIENT_KWARGS)
+    topic_arn = sns_client.create_topic(Name="cd2-replica")["TopicArn"]
+    queue_url = sqs.create_queue(QueueName="cd2-replica-events")["QueueUrl"]
+    attributes = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]
+    sns_client.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=attributes["QueueArn"])
+    return Sns(moto_endpoint, topic_arn, queue_url, sqs)

@@ -181,8 +181,8 @@ def start_emulator(
             process.wait()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def dap_emulator() -> Iterator[EmulatorProcess]:
-    """A fresh emulator for one test: 30 base rows per table, jobs complete at once."""
-    with start_emulator() as emulator:
+    """An emulator shared by a test module: 30 base rows per table, jobs complete at once."""
+    with start_emulator(rows=30) as emulator:
         yield emulator

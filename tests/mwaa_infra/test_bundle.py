@@ -53,6 +53,8 @@ def test_plugins_zip_has_the_plugins_packages_at_its_root(built_bundle: Path) ->
         for path in bundle.source_files(REPO_ROOT / "plugins")
     }
     assert "cd2/__init__.py" in expected
+    # Keeps Airflow's plugin loader from importing every module of cd2/ as a top-level plugin.
+    assert ".airflowignore" in expected
     assert expected <= names
 
 

@@ -8,8 +8,6 @@ import shutil
 import sys
 import tempfile
 
-import pytest
-
 from tests.support.paths import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "plugins"))
@@ -17,12 +15,3 @@ sys.path.insert(0, str(REPO_ROOT / "plugins"))
 if "AIRFLOW_HOME" not in os.environ:
     os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="cd2-airflow-home-")
     atexit.register(shutil.rmtree, os.environ["AIRFLOW_HOME"], ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def dap_emulator():
-    """A DAP API emulator with small tables (30 rows), shared by a module's tests."""
-    from tests.dap_emulator.fixture import start_emulator
-
-    with start_emulator(rows=30) as emulator:
-        yield emulator

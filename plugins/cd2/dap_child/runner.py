@@ -241,11 +241,7 @@ def write_result(result: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s", force=True
-    )
-    # Its INFO level is every DDL statement, comments included: too much for a task log.
-    logging.getLogger("pysqlsync").setLevel(logging.WARNING)
+    """Run one action; logging is configured by the entry point (``python -m cd2.dap_child``)."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         result = {"ok": True} | asyncio.run(_run(args))
