@@ -32,6 +32,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.paths import DAP_PYTHON, REPO_ROOT
+from tests.support.processes import stop
 
 from .truth import Truth
 
@@ -173,12 +174,7 @@ def start_emulator(
             raise RuntimeError(f"emulator did not start (exit {process.wait(timeout=10)})")
         yield EmulatorProcess(base_url, client_id, client_secret, process)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ it with dummy credentials, so a missing ``endpoint_url`` can never reach real AW
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import tempfile
 import time
@@ -24,6 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from tests.support.paths import TOOLS_BIN
+from tests.support.processes import free_loopback_port, stop
 
 REGION = "us-east-1"
 # Dummy credentials: moto accepts anything, and real AWS would refuse these.
@@ -54,12 +54,6 @@ def aws_test_environment(endpoint_url: str) -> dict[str, str]:
     }
 
 
-def _free_loopback_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -77,7 +71,7 @@ def moto_server(startup_timeout: float = 30.0) -> Iterator[str]:
     executable = TOOLS_BIN / "moto_server"
     if not executable.exists():
         raise FileNotFoundError(f"{executable} not found: install moto[server] into the tools virtualenv")
-    port = _free_loopback_port()
+    port = free_loopback_port()
     endpoint_url = f"http://127.0.0.1:{port}"
     # The server logs every request: a file, not a pipe nobody reads, which would fill up and block it.
     with tempfile.TemporaryFile() as log:
@@ -98,12 +92,7 @@ def moto_server(startup_timeout: float = 30.0) -> Iterator[str]:
                 time.sleep(0.1)
             yield endpoint_url
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop(process)
 
 
 def reset(endpoint_url: str) -> None:

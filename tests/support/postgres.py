@@ -10,7 +10,6 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -21,6 +20,8 @@ from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
 import psycopg2
+
+from tests.support.processes import free_loopback_port
 
 SUPERUSER = "postgres"
 # Characters that break a connection string unless percent-encoded.
@@ -51,12 +52,6 @@ def find_pg_bindir() -> Path:
         "/usr/lib/postgresql/*/bin: install the PostgreSQL server (e.g. apt-get install postgresql) "
         "or set CD2_PG_BINDIR, or point CD2_TEST_DATABASE_URL at a server you run."
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass(frozen=True)
@@ -121,7 +116,7 @@ def temporary_server(bindir: Path | None = None) -> Iterator[PostgresServer]:
         os.chmod(root, 0o755)
         shutil.chown(root, "nobody", "nogroup")
         shutil.chown(pwfile, "nobody", "nogroup")
-    port = _free_port()
+    port = free_loopback_port()
     subprocess.run(
         _as_server_user(
             [
