@@ -34,13 +34,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 ZIP_TIMESTAMP = (1980, 1, 1, 0, 0, 0)
 FILE_MODE = 0o100644  # a regular file, rw-r--r--
 ARCHITECTURES = ("x86_64", "aarch64")
-# MWAA's images run glibc 2.34 (Amazon Linux 2023). pip does not widen an explicit --platform to older
-# glibc tags, so every tag such a host accepts is listed, newest first, as pip would on that host.
-MANYLINUX_TAGS = tuple(f"manylinux_2_{minor}" for minor in range(34, 4, -1)) + (
-    "manylinux2014",
-    "manylinux2010",
-    "manylinux1",
-)
+MWAA_GLIBC_MINOR = 34  # Amazon Linux 2023
 DEFAULT_AIRFLOW_VERSION = "3.3.1"
 WHEELS_FOLDER = "dap_wheels"
 LOCK_NAME = "dap.txt"
@@ -54,6 +48,17 @@ class LockedPackage:
     name: str
     version: str
     hashes: frozenset[str]
+
+
+def manylinux_platforms(architecture: str) -> list[str]:
+    """Every manylinux platform tag an MWAA host of ``architecture`` accepts, newest first.
+
+    pip does not widen an explicit ``--platform`` to older glibc tags, so they are all listed, as pip
+    would list them on that host.
+    """
+    tags = [f"manylinux_2_{minor}" for minor in range(MWAA_GLIBC_MINOR, 4, -1)]
+    tags += ["manylinux2014", "manylinux2010", "manylinux1"]
+    return [f"{tag}_{architecture}" for tag in tags]
 
 
 def normalize_name(name: str) -> str:
@@ -125,7 +130,7 @@ def download_wheels(lock_path: Path, wheel_cache: Path) -> list[Path]:
     for architecture in ARCHITECTURES:
         if {normalize_name(w.name.split("-")[0]) for w in found[architecture]} == {p.name for p in packages}:
             continue
-        platforms = [f"--platform={tag}_{architecture}" for tag in MANYLINUX_TAGS] + ["--platform=any"]
+        platforms = [f"--platform={tag}" for tag in manylinux_platforms(architecture)] + ["--platform=any"]
         command = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check"]
         command += ["--only-binary=:all:", "--no-deps", "--require-hashes", "--implementation=cp"]
         command += ["--python-version=3.12", "--abi=cp312", "--abi=abi3", "--abi=none", *platforms]

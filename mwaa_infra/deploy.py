@@ -114,26 +114,22 @@ class Deployer:
             return {}
         cloudformation = self.aws("cloudformation")
         current = self._describe_stack(name)
-        if current is None:
-            self.say(f"creating stack {name} from {template.name} with {shown}")
-            cloudformation.create_stack(
-                StackName=name,
-                TemplateBody=body,
-                Parameters=_stack_parameters(parameters),
-                Capabilities=CAPABILITIES,
-            )
-            self._wait(name, "stack_create_complete")
-        elif self._unchanged(name, current, body, parameters):
+        if current is not None and self._unchanged(name, current, body, parameters):
             self.say(f"stack {name}: template and parameters unchanged, not updated")
-        else:
-            self.say(f"updating stack {name} from {template.name} with {shown}")
-            cloudformation.update_stack(
-                StackName=name,
-                TemplateBody=body,
-                Parameters=_stack_parameters(parameters),
-                Capabilities=CAPABILITIES,
-            )
-            self._wait(name, "stack_update_complete")
+            return self.stack_outputs(name)
+        verb, call, waiter = (
+            ("creating", cloudformation.create_stack, "stack_create_complete")
+            if current is None
+            else ("updating", cloudformation.update_stack, "stack_update_complete")
+        )
+        self.say(f"{verb} stack {name} from {template.name} with {shown}")
+        call(
+            StackName=name,
+            TemplateBody=body,
+            Parameters=_stack_parameters(parameters),
+            Capabilities=CAPABILITIES,
+        )
+        self._wait(name, waiter)
         return self.stack_outputs(name)
 
     def stack_outputs(self, name: str) -> dict[str, str]:

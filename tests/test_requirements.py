@@ -9,28 +9,14 @@ from pathlib import Path
 import pytest
 
 from mwaa_infra import bundle
+from scripts.lock import MWAA_IMAGE_PACKAGES
 from tests.support import venv
 from tests.support.paths import REPO_ROOT, SHARED_DIR, TOOLS_BIN
 
 STOCK_CONSTRAINTS = "https://raw.githubusercontent.com/apache/airflow/constraints-{v}/constraints-3.12.txt"
-# What MWAA's image bootstrap installs (aws/amazon-mwaa-docker-images, images/airflow/<v>/bootstrap/
-# 02-airflow/001-install-required-pip-packages.sh), less psycopg2: a source build that needs libpq
-# headers, providing the same module as psycopg2-binary, which the postgres provider brings.
-IMAGE_PACKAGES = [
-    "apache-airflow-providers-amazon[aiobotocore]",
-    "apache-airflow[celery,statsd]=={v}",
-    "apache-airflow-core[gunicorn]=={v}",
-    "apache-airflow-providers-postgres",
-    "apache-airflow-providers-fab",
-    "celery[sqs]",
-    "boto3-stubs[logs]",
-    "boto3-stubs[sqs]",
-    "pycurl",
-    "watchtower",
-    "fluent-logger",
-    "virtualenv",
-    "apache-airflow-providers-standard",
-]
+# The image's own install step (scripts/lock.py), less psycopg2: a source build that needs libpq headers,
+# providing the same module as psycopg2-binary, which the postgres provider brings.
+IMAGE_PACKAGES = [package for package in MWAA_IMAGE_PACKAGES if package != "psycopg2"]
 
 
 def test_requirements_carries_the_stock_constraints_line_and_no_dap_client():
@@ -45,7 +31,7 @@ def test_requirements_install_on_mwaa_package_set_moves_no_pin(version: str, tmp
     constraints = SHARED_DIR / "mwaa" / f"constraints-{version}-3.12.txt"
     essential = SHARED_DIR / "mwaa" / f"mwaa-essential-constraints-{version}.txt"
     python = venv.create(tmp_path / "mwaa")
-    packages = [package.format(v=version) for package in IMAGE_PACKAGES]
+    packages = [package.format(version=version) for package in IMAGE_PACKAGES]
     # The image's own install step (uv resolves the same fully pinned set several times faster).
     subprocess.run(
         [str(TOOLS_BIN / "uv"), "pip", "install", "--quiet", "--python", str(python), "-c", str(constraints)]
