@@ -46,7 +46,7 @@ check-python:
 	@test -n "$(PYTHON312)" || { scripts/find-python312; exit 1; }
 
 check-postgres: $(AIRFLOW_VENV)/.installed
-	@$(AIRFLOW_PY) -c "from tests.support.postgres import find_pg_bindir; find_pg_bindir()"
+	@$(AIRFLOW_PY) -c "from local_dap.postgres import find_pg_bindir; find_pg_bindir()"
 
 # The Airflow environment: MWAA's image package set from its lock, installed without resolution.
 # psycopg2 is left out locally: it is the image's source build of the module psycopg2-binary also

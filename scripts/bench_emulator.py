@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.dap_emulator.fixture import EmulatorProcess, start_emulator  # noqa: E402
-from tests.support.paths import DAP_BIN  # noqa: E402
+from local_dap.control import EmulatorProcess, start_emulator  # noqa: E402
+from local_dap.paths import DAP_BIN  # noqa: E402
 
 
 def _call(emulator: EmulatorProcess, method: str, path: str, token: str | None, body=None, form=None) -> dict:
@@ -100,7 +100,7 @@ def main() -> None:
 
     if args.skip_initdb:
         return
-    from tests.support.postgres import temporary_server
+    from local_dap.postgres import temporary_server
 
     with temporary_server() as pg, start_emulator(rows=args.rows) as emulator:
         url = pg.create_database("bench")

@@ -33,9 +33,9 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from tests.dap_emulator.fixture import EmulatorProcess, start_emulator  # noqa: E402
-from tests.support.paths import DAP_PYTHON  # noqa: E402
-from tests.support.postgres import PostgresServer, server_for_tests  # noqa: E402
+from local_dap.control import EmulatorProcess, start_emulator  # noqa: E402
+from local_dap.paths import DAP_PYTHON  # noqa: E402
+from local_dap.postgres import PostgresServer, server_for_tests  # noqa: E402
 
 DRIVER = REPO_ROOT / "tests" / "plugins" / "cd2" / "dap_child" / "replicate_driver.py"
 RESULT_PREFIX = "DRIVER_RESULT "

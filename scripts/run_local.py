@@ -21,13 +21,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.support.airflow_env import (  # noqa: E402
+from local_dap.airflow_home import (  # noqa: E402
     AirflowEnvironment,
     DagRunResult,
     dap_connection,
     postgres_connection,
 )
-from tests.support.postgres import temporary_server  # noqa: E402
+from local_dap.postgres import temporary_server  # noqa: E402
 
 REAL_API_VARIABLES = ("DAP_API_URL", "DAP_CLIENT_ID", "DAP_CLIENT_SECRET", "CD2_DATABASE_URL")
 
@@ -72,7 +72,7 @@ def main() -> int:
             database_url = os.environ["CD2_DATABASE_URL"]
             print("Against the real DAP API and CD2_DATABASE_URL")
         else:
-            from tests.dap_emulator.fixture import start_emulator
+            from local_dap.control import start_emulator
 
             server = stack.enter_context(temporary_server())
             emulator = stack.enter_context(

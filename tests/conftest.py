@@ -6,9 +6,9 @@ import re
 
 import pytest
 
-from tests.dap_emulator.fixture import dap_emulator  # noqa: F401  (a fixture for every test)
+from local_dap.control import EmulatorProcess, start_emulator
 from tests.support.moto_server import moto_server
-from tests.support.postgres import PostgresServer, server_for_tests
+from local_dap.postgres import PostgresServer, server_for_tests
 
 
 @pytest.fixture(scope="session")
@@ -30,3 +30,10 @@ def moto_endpoint() -> str:
     """A local moto server (the AWS stand-in) for the session; its endpoint URL."""
     with moto_server() as endpoint_url:
         yield endpoint_url
+
+
+@pytest.fixture(scope="module")
+def dap_emulator() -> EmulatorProcess:
+    """An emulator shared by a test module: 30 base rows per table, jobs complete at once."""
+    with start_emulator(rows=30) as emulator:
+        yield emulator

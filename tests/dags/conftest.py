@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import boto3
 import pytest
 
-from tests.support.airflow_env import AirflowEnvironment
+from local_dap.airflow_home import AirflowEnvironment
 from tests.support.moto_server import AWS_TEST_CLIENT_KWARGS, aws_test_environment, reset
 
 

@@ -8,8 +8,8 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.dap_emulator.truth import replica_truth
-from tests.support.airflow_env import AirflowEnvironment, DagRunResult, dap_connection, postgres_connection
+from local_dap.truth import replica_truth
+from local_dap.airflow_home import AirflowEnvironment, DagRunResult, dap_connection, postgres_connection
 
 TABLES = ["canvas.accounts", "canvas.users"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 
-from tests.support.airflow_env import AIRFLOW_PYTHON, AirflowEnvironment
+from local_dap.airflow_home import AIRFLOW_PYTHON, AirflowEnvironment
 
 PROBE = """
 import json

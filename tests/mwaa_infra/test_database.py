@@ -10,7 +10,7 @@ import psycopg2
 import pytest
 
 from mwaa_infra import database
-from tests.support.postgres import PostgresServer
+from local_dap.postgres import PostgresServer
 
 MASTER, MASTER_PASSWORD = "cd2admin_test", "master-Password-1"
 ROLE, ROLE_PASSWORD = "cd2_app_test", "App0Password0Generated0By0SecretsManager"

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from tests.support.paths import TOOLS_BIN
-from tests.support.processes import free_loopback_port, stop
+from local_dap.processes import free_loopback_port, stop
 
 REGION = "us-east-1"
 # Dummy credentials: moto accepts anything, and real AWS would refuse these.

@@ -1,16 +1,14 @@
-"""Where the repository, the shared reference data and the project's virtualenvs are."""
+"""Where the shared reference data and the test-only tools are (the rest is in :mod:`local_dap.paths`)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SHARED_DIR = Path(os.environ.get("CD2_SHARED_DIR", REPO_ROOT.parent / "shared")).resolve()
-VENV_DIR = REPO_ROOT / ".venv"
+from local_dap.paths import DAP_BIN, DAP_PYTHON, REPO_ROOT, VENV_DIR
 
-# The DAP environment's interpreter: what the Makefile (and MWAA's startup script) export.
-DAP_PYTHON = Path(os.environ.get("CD2_DAP_PYTHON", VENV_DIR / "dap" / "bin" / "python"))
-DAP_BIN = DAP_PYTHON.parent
+__all__ = ["DAP_BIN", "DAP_PYTHON", "REPO_ROOT", "SHARED_DIR", "TOOLS_BIN", "VENV_DIR"]
+
+SHARED_DIR = Path(os.environ.get("CD2_SHARED_DIR", REPO_ROOT.parent / "shared")).resolve()
 # Test-only tools (ruff, moto server, cfn-lint, checkov) whose pins would clash with the runtime sets.
 TOOLS_BIN = Path(os.environ.get("CD2_TOOLS_BIN", VENV_DIR / "tools" / "bin"))

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from cd2.dap_child import accelerated_reader
-from tests.dap_emulator.builtin import builtin_tables
+from local_dap.emulator.builtin import builtin_tables
 from tests.support.paths import DAP_PYTHON
 
 HERE = Path(__file__).resolve().parent
@@ -236,8 +236,8 @@ def replicas(postgres_server):
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from tests.dap_emulator.fixture import start_emulator
-    from tests.dap_emulator.truth import replica_truth
+    from local_dap.control import start_emulator
+    from local_dap.truth import replica_truth
 
     urls = {mode: postgres_server.create_database(f"accelerated_reader_{mode}") for mode in MODES}
     outcomes: dict[tuple, dict] = {}

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from cd2.hooks.dap import DapHook, DapPermanentError, DapTransientError
-from tests.dap_emulator.truth import replica_truth
-from tests.support.airflow_env import AIRFLOW_PYTHON, dap_connection, postgres_connection
+from local_dap.truth import replica_truth
+from local_dap.airflow_home import AIRFLOW_PYTHON, dap_connection, postgres_connection
 from tests.support.paths import DAP_PYTHON
 
 NS = "canvas"

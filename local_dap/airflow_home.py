@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from tests.support.paths import DAP_PYTHON, REPO_ROOT
+from local_dap.paths import DAP_PYTHON, REPO_ROOT
 
 AIRFLOW_PYTHON = Path(os.environ.get("CD2_AIRFLOW_PYTHON", sys.executable))
 AIRFLOW_BIN = AIRFLOW_PYTHON.parent / "airflow"

@@ -1,9 +1,9 @@
-"""Start the emulator in a subprocess and drive it from Python tests.
+"""Start the DAP API emulator in a subprocess and drive it through its admin API.
 
 Usage::
 
-    from tests.dap_emulator.fixture import start_emulator
-    from tests.dap_emulator.truth import replica_truth
+    from local_dap.control import start_emulator
+    from local_dap.truth import replica_truth
 
     with start_emulator(rows=50) as emulator:
         subprocess.run([DAP_BIN / "dap", "initdb", "--namespace", "canvas", "--table", "users",
@@ -11,10 +11,6 @@ Usage::
         assert emulator.truth("canvas", "users") == replica_truth(database_url, "canvas", "users")
         emulator.advance(changes=20)
         ...
-
-For a shared pytest fixture, add to ``tests/conftest.py``::
-
-    from tests.dap_emulator.fixture import dap_emulator  # noqa: F401  (the fixture below)
 """
 
 from __future__ import annotations
@@ -29,12 +25,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
-
-from tests.support.paths import DAP_PYTHON, REPO_ROOT
-from tests.support.processes import stop
-
-from .truth import Truth
+from local_dap.paths import DAP_PYTHON, REPO_ROOT
+from local_dap.processes import stop
+from local_dap.truth import Truth
 
 
 class EmulatorError(RuntimeError):
@@ -154,10 +147,10 @@ def start_emulator(
     time_scale: float = 1.0,
     python: Path = DAP_PYTHON,
 ) -> Iterator[EmulatorProcess]:
-    """Run ``python -m tests.dap_emulator`` on a free loopback port with fresh random credentials."""
+    """Run ``python -m local_dap.emulator`` on a free loopback port with fresh random credentials."""
     client_id = f"us-east-1#emulator-{secrets.token_hex(4)}"
     client_secret = secrets.token_urlsafe(24)
-    args = [str(python), "-m", "tests.dap_emulator", "--host", "127.0.0.1", "--port", "0",
+    args = [str(python), "-m", "local_dap.emulator", "--host", "127.0.0.1", "--port", "0",
             "--seed", str(seed), "--rows", str(rows), "--job-polls", str(job_polls),
             "--time-scale", str(time_scale)]  # fmt: skip
     if schemas is not None:
@@ -176,9 +169,3 @@ def start_emulator(
     finally:
         stop(process)
 
-
-@pytest.fixture(scope="module")
-def dap_emulator() -> Iterator[EmulatorProcess]:
-    """An emulator shared by a test module: 30 base rows per table, jobs complete at once."""
-    with start_emulator(rows=30) as emulator:
-        yield emulator

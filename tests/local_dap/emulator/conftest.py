@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.dap_emulator.fixture import EmulatorProcess, start_emulator
+from local_dap.control import EmulatorProcess, start_emulator
 from tests.support.paths import DAP_BIN, DAP_PYTHON, REPO_ROOT
 
 
@@ -47,7 +47,7 @@ def run_library(
 ) -> dict:
     """Run the real ``SQLReplicator`` (``init``/``sync``/``drop``) in its own process; its JSON result."""
     result = subprocess.run(
-        [str(DAP_PYTHON), "-m", "tests.dap_emulator.replicate", action, namespace, table],
+        [str(DAP_PYTHON), "-m", "local_dap.emulator.replicate", action, namespace, table],
         env=emulator.client_env(DAP_CONNECTION_STRING=database_url),
         capture_output=True,
         text=True,

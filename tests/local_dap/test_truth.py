@@ -7,7 +7,7 @@ import decimal
 import ipaddress
 import uuid
 
-from tests.dap_emulator.truth import TruthBuilder, canonical, row_digest
+from local_dap.truth import TruthBuilder, canonical, row_digest
 
 
 def test_values_and_their_replica_forms_canonicalise_alike():

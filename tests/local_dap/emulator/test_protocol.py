@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from tests.dap_emulator.fixture import start_emulator
+from local_dap.control import start_emulator
 
 
 def call(emulator, method: str, path: str, body=None, token: str | None = None, basic: str | None = None,

@@ -1,4 +1,4 @@
-"""Run the emulator: ``python -m tests.dap_emulator --host 127.0.0.1 --port 8080 [--schemas DIR] ...``.
+"""Run the emulator: ``python -m local_dap.emulator --host 127.0.0.1 --port 8080 [--schemas DIR] ...``.
 
 The first line printed is the base URL (with the port actually bound, so ``--port 0`` works). The accepted
 client id and secret come from ``--client-id``/``--client-secret`` or, to keep them out of argv, from
@@ -33,7 +33,7 @@ def load_schemas(directory: Path, tables: list[TableDef]) -> list[TableDef]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m tests.dap_emulator", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m local_dap.emulator", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080, help="0 picks a free port")
     parser.add_argument("--schemas", type=Path, help="directory of <namespace>/<table>.json schema documents")

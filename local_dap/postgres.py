@@ -21,7 +21,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 import psycopg2
 
-from tests.support.processes import free_loopback_port
+from local_dap.processes import free_loopback_port
 
 SUPERUSER = "postgres"
 # Characters that break a connection string unless percent-encoded.

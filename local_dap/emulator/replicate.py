@@ -1,7 +1,7 @@
 """Run the real ``SQLReplicator`` on one table, in its own process (the library keeps per-process state).
 
     DAP_API_URL=... DAP_CLIENT_ID=... DAP_CLIENT_SECRET=... DAP_CONNECTION_STRING=postgresql://... \\
-        python -m tests.dap_emulator.replicate init|sync|drop NAMESPACE TABLE
+        python -m local_dap.emulator.replicate init|sync|drop NAMESPACE TABLE
 
 Prints one JSON line: ``{"ok": true}`` or ``{"ok": false, "error_type": ..., "message": ...}`` (exit 1).
 Credentials and the connection string come from the environment, never argv.

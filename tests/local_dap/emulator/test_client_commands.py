@@ -6,8 +6,8 @@ import gzip
 import json
 import shutil
 
-from tests.dap_emulator.fixture import start_emulator
-from tests.dap_emulator.truth import replica_truth
+from local_dap.control import start_emulator
+from local_dap.truth import replica_truth
 from tests.support.paths import SHARED_DIR
 from tests.test_dap_emulator.conftest import run_dap
 

@@ -10,7 +10,7 @@ from aiohttp import web
 from .encoding import to_json
 from .ratelimit import RateLimiter
 from .schema_changes import apply_change
-from .truth import TruthBuilder
+from local_dap.truth import TruthBuilder
 from .values import micros_to_datetime
 
 MAX_TRUTH_ROWS = 10_000

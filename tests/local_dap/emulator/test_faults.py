@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from tests.dap_emulator.fixture import start_emulator
-from tests.dap_emulator.truth import replica_truth
+from local_dap.control import start_emulator
+from local_dap.truth import replica_truth
 from tests.test_dap_emulator.conftest import run_dap, run_library
 
 NS, TABLE = "canvas", "users"

@@ -21,7 +21,7 @@ import json
 import uuid
 from dataclasses import dataclass, field
 
-from .encoding import to_json
+from local_dap.emulator.encoding import to_json
 
 _MOD = 1 << 64
 

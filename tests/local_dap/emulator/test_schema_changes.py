@@ -9,8 +9,8 @@ from __future__ import annotations
 import psycopg2
 import pytest
 
-from tests.dap_emulator.fixture import start_emulator
-from tests.dap_emulator.truth import replica_truth
+from local_dap.control import start_emulator
+from local_dap.truth import replica_truth
 from tests.test_dap_emulator.conftest import run_dap
 
 CHANGES = {

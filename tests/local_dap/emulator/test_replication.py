@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-from tests.dap_emulator.builtin import builtin_tables
-from tests.dap_emulator.truth import replica_truth
+from local_dap.emulator.builtin import builtin_tables
+from local_dap.truth import replica_truth
 from tests.test_dap_emulator.conftest import run_dap, run_library
 
 BUILTIN = {}
