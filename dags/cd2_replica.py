@@ -10,7 +10,7 @@ from airflow.sdk.exceptions import AirflowException
 
 from cd2.operators.list_tables import ListTablesOperator
 from cd2.operators.notify import NotifyRunOperator
-from cd2.operators.replicate import TABLE_LABEL, InitTableOperator, SyncTableOperator
+from cd2.operators.replicate import TABLE_LABEL_CONTEXT_KEY, InitTableOperator, SyncTableOperator
 
 # DAP refreshes its data every 4 hours; MWAA sets [cd2] schedule from its configuration options.
 SCHEDULE = conf.get("cd2", "schedule", fallback="0 */4 * * *")
@@ -64,18 +64,18 @@ def cd2_replica():
     def replicate(label: str):
         sync = SyncTableOperator(
             task_id="sync",
-            table=label,
+            table_label=label,
             config=CONFIG,
             force_reinit="{{ params.force_reinit }}",
-            map_index_template="{{ " + TABLE_LABEL + " }}",
+            map_index_template="{{ " + TABLE_LABEL_CONTEXT_KEY + " }}",
             execution_timeout=timedelta(hours=2),
         )
         InitTableOperator(
             task_id="init",
-            table=label,
+            table_label=label,
             config=CONFIG,
             sync_result=sync.output,
-            map_index_template="{{ " + TABLE_LABEL + " }}",
+            map_index_template="{{ " + TABLE_LABEL_CONTEXT_KEY + " }}",
             execution_timeout=timedelta(hours=6),
         )
 

@@ -168,4 +168,3 @@ def start_emulator(
         yield EmulatorProcess(base_url, client_id, client_secret, process)
     finally:
         stop(process)
-

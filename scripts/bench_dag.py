@@ -25,13 +25,13 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from local_dap.control import start_emulator  # noqa: E402
 from local_dap.airflow_home import (  # noqa: E402
     AIRFLOW_PYTHON,
     AirflowEnvironment,
     dap_connection,
     postgres_connection,
 )
+from local_dap.control import start_emulator  # noqa: E402
 from local_dap.paths import DAP_BIN  # noqa: E402
 from local_dap.postgres import temporary_server  # noqa: E402
 

@@ -7,8 +7,8 @@ import re
 import pytest
 
 from local_dap.control import EmulatorProcess, start_emulator
-from tests.support.moto_server import moto_server
 from local_dap.postgres import PostgresServer, server_for_tests
+from tests.support.moto_server import moto_server
 
 
 @pytest.fixture(scope="session")

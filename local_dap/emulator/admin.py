@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from local_dap.truth import TruthBuilder
+
 from .encoding import to_json
 from .ratelimit import RateLimiter
 from .schema_changes import apply_change
-from local_dap.truth import TruthBuilder
 from .values import micros_to_datetime
 
 MAX_TRUTH_ROWS = 10_000

@@ -8,11 +8,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cd2.contract import DEFAULT_MAX_ACTIVE_TABLES, TableRef
+
 # Namespaces the DAP client 2.3.1 can replicate (it ships a model module for each).
 KNOWN_NAMESPACES = ("canvas", "canvas_logs", "catalog", "new_quizzes")
 DEFAULT_NAMESPACES = ("canvas",)
-# The API allows 5 new jobs a minute.
-DEFAULT_MAX_ACTIVE_TABLES = 5
 
 
 class ConfigError(ValueError):
@@ -99,23 +99,10 @@ def _string_list(raw: Mapping[str, Any], key: str, default: tuple[str, ...] = ()
     return tuple(value)
 
 
-def table_label(namespace: str, table: str) -> str:
-    """How a table is named in the UI, in results and in notifications."""
-    return f"{namespace}.{table}"
-
-
-def split_label(label: str) -> tuple[str, str]:
-    """``"canvas.accounts"`` -> ``("canvas", "accounts")``."""
-    namespace, dot, table = label.partition(".")
-    if not dot or not namespace or not table:
-        raise ConfigError(f"Table {label!r} is not of the form namespace.table")
-    return namespace, table
-
-
 def matches(pattern: str, namespace: str, table: str) -> bool:
     """Whether ``pattern`` (``ns.table`` or ``table``, glob allowed) names this table."""
     if "." in pattern:
-        return fnmatch.fnmatchcase(table_label(namespace, table), pattern)
+        return fnmatch.fnmatchcase(TableRef(namespace, table).label, pattern)
     return fnmatch.fnmatchcase(table, pattern)
 
 
@@ -150,4 +137,4 @@ def select_tables(
         and not any(matches(p, ns, table) for p in exclude)
         and (not requested or any(matches(p, ns, table) for p in requested))
     ]
-    return sorted(table_label(ns, table) for ns, table in chosen)
+    return sorted(TableRef(ns, table).label for ns, table in chosen)

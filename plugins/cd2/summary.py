@@ -1,31 +1,31 @@
-"""What a run did, table by table: merged from each table's sync and init outcomes, and told as a message.
+"""What a run did, table by table: merged from each table's sync and init records, and told as a message.
 
-An *outcome* is the dict each table task pushes under XCom key ``outcome``: ``table``, ``state``
-(``ok``/``failed``/``skipped``), ``action``, ``duration_seconds``, ``rows``, ``watermark_before``,
-``watermark_after``, ``error`` (first line).
+A *record* is the :class:`cd2.contract.TableResult` each table task returns (its XCom), pushed in the
+same shape when the task failed or skipped itself.
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-SYNCED = "synced"
-INITIALIZED = "initialized"
-FAILED = "failed"
-SKIPPED = "skipped"
-OUTCOMES = (SYNCED, INITIALIZED, FAILED, SKIPPED)
+from cd2.contract import Outcome, TableResult
+
+# What a table's line in the notification can say, in the order the counts are told.
+OUTCOMES = (Outcome.SYNCED, Outcome.INITIALIZED, Outcome.FAILED, Outcome.SKIPPED)
 SUBJECT_LIMIT = 100  # SNS refuses longer subjects
 
 
 @dataclass(frozen=True)
 class TableSummary:
+    """One table's line in the notification (``table`` is its label, ``namespace.table``)."""
+
     table: str
-    outcome: str
+    outcome: Outcome
     duration_seconds: float | None = None
     rows: int | None = None
     watermark: str | None = None
@@ -50,33 +50,29 @@ def first_line(text: str | None) -> str | None:
     return text.strip().splitlines()[0] if text and text.strip() else None
 
 
-def summarize_table(
-    label: str, sync: Mapping[str, Any] | None, init: Mapping[str, Any] | None
-) -> TableSummary:
-    """One table's outcome from what its sync and init tasks reported (either may be missing)."""
+def summarize_table(label: str, sync: TableResult | None, init: TableResult | None) -> TableSummary:
+    """One table's line from its sync and init records (either may be missing: the task did not run)."""
     if sync is None:
-        return TableSummary(label, SKIPPED, error="sync did not run")
-    if sync.get("state") == FAILED:
-        return _summary(label, FAILED, sync, sync)
-    if init is not None and init.get("state") == FAILED:
-        return _summary(label, FAILED, init, sync, init)
-    if init is not None and init.get("state") == "ok":
-        outcome = INITIALIZED if init.get("action") == INITIALIZED else SYNCED
-        return _summary(label, outcome, init, sync, init)
-    if sync.get("action") == "init_needed":
-        return TableSummary(label, FAILED, sync.get("duration_seconds"), error="init needed but did not run")
-    return _summary(label, SYNCED, sync, sync)
+        return TableSummary(label, Outcome.SKIPPED, error="sync did not run")
+    if sync.outcome is Outcome.FAILED:
+        return _summary(label, Outcome.FAILED, sync, sync)
+    if init is not None and init.outcome in (Outcome.FAILED, Outcome.INITIALIZED, Outcome.SYNCED):
+        return _summary(label, init.outcome, init, sync, init)
+    if sync.outcome is Outcome.INIT_NEEDED:
+        return TableSummary(label, Outcome.FAILED, sync.duration_seconds, error="init needed but did not run")
+    return _summary(label, Outcome.SYNCED, sync, sync)
 
 
-def _summary(label: str, outcome: str, last: Mapping[str, Any], *parts: Mapping[str, Any]) -> TableSummary:
-    durations = [p["duration_seconds"] for p in parts if p.get("duration_seconds") is not None]
+def _summary(label: str, outcome: Outcome, last: TableResult, *parts: TableResult) -> TableSummary:
+    durations = [p.duration_seconds for p in parts if p.duration_seconds is not None]
+    error = f"{last.error.type}: {last.error.message}" if last.error else None
     return TableSummary(
         table=label,
         outcome=outcome,
         duration_seconds=round(sum(durations), 3) if durations else None,
-        rows=last.get("rows"),
-        watermark=last.get("watermark_after") or last.get("watermark_before"),
-        error=first_line(last.get("error")),
+        rows=last.rows,
+        watermark=last.watermark_after or last.watermark_before,
+        error=first_line(error),
     )
 
 

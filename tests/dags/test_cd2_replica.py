@@ -8,8 +8,8 @@ from urllib.parse import quote
 
 import pytest
 
-from local_dap.truth import replica_truth
 from local_dap.airflow_home import AirflowEnvironment, DagRunResult, dap_connection, postgres_connection
+from local_dap.truth import replica_truth
 
 TABLES = ["canvas.accounts", "canvas.users"]
 
@@ -94,8 +94,8 @@ def test_first_run_initializes_second_syncs_and_params_restrict_and_reinit(repli
     assert first.states("table.sync") == dict.fromkeys(TABLES, "success")
     assert first.states("table.init") == dict.fromkeys(TABLES, "success")
     for index in range(len(TABLES)):
-        assert replica.airflow.xcom(first.run_id, "table.sync", map_index=index)["action"] == "init_needed"
-        assert replica.airflow.xcom(first.run_id, "table.init", map_index=index)["action"] == "initialized"
+        assert replica.airflow.xcom(first.run_id, "table.sync", map_index=index)["outcome"] == "init_needed"
+        assert replica.airflow.xcom(first.run_id, "table.init", map_index=index)["outcome"] == "initialized"
     assert first.state_of("fail_if_any_table_failed") == "skipped"
     assert "[dap] INFO dap.replicator.sql_op_init: Inserted 30 records" in first.output  # child log relayed
     replica.assert_in_step(TABLES)

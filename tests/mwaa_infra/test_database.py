@@ -9,8 +9,8 @@ from contextlib import closing
 import psycopg2
 import pytest
 
-from mwaa_infra import database
 from local_dap.postgres import PostgresServer
+from mwaa_infra import database
 
 MASTER, MASTER_PASSWORD = "cd2admin_test", "master-Password-1"
 ROLE, ROLE_PASSWORD = "cd2_app_test", "App0Password0Generated0By0SecretsManager"

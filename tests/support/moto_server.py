@@ -22,8 +22,8 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from tests.support.paths import TOOLS_BIN
 from local_dap.processes import free_loopback_port, stop
+from tests.support.paths import TOOLS_BIN
 
 REGION = "us-east-1"
 # Dummy credentials: moto accepts anything, and real AWS would refuse these.

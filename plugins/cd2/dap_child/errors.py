@@ -5,13 +5,11 @@ Decided by exception type, never by parsing message text.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import asyncpg
 from dap import dap_error
 from pysqlsync.base import QueryException
 
-from cd2.child_protocol import PERMANENT, TRANSIENT
+from cd2.contract import ChildError, ErrorCategory
 
 
 class LockTimeout(Exception):
@@ -20,16 +18,6 @@ class LockTimeout(Exception):
 
 class DapEnvironmentError(Exception):
     """A required environment variable of the child is missing."""
-
-
-@dataclass(frozen=True)
-class ClassifiedError:
-    category: str
-    type: str
-    message: str
-
-    def as_dict(self) -> dict[str, str]:
-        return {"category": self.category, "type": self.type, "message": self.message}
 
 
 _PERMANENT_HINTS: tuple[tuple[type[BaseException], str], ...] = (
@@ -69,11 +57,11 @@ def _describe(error: BaseException) -> str:
     return str(error) or type(error).__name__
 
 
-def classify(error: BaseException) -> ClassifiedError:
+def classify(error: BaseException) -> ChildError:
     """Transient errors are worth an Airflow retry; permanent ones need someone to fix something first."""
     for error_type, hint in _PERMANENT_HINTS:
         if isinstance(error, error_type):
-            return ClassifiedError(PERMANENT, type(error).__name__, f"{_describe(error)} ({hint})")
+            return ChildError(ErrorCategory.PERMANENT, type(error).__name__, f"{_describe(error)} ({hint})")
     # 5xx after the client's own retries, ProcessingError, failed jobs, connection resets, timeouts,
     # and anything unforeseen: Airflow's bounded retries.
-    return ClassifiedError(TRANSIENT, type(error).__name__, _describe(error))
+    return ChildError(ErrorCategory.TRANSIENT, type(error).__name__, _describe(error))

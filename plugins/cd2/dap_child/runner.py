@@ -1,23 +1,21 @@
-"""Run one DAP client action (list tables, sync one table, init one table) and report one JSON result.
+"""Run one job of the DAP client (list tables, sync one table, init one table) and report its result.
 
-Secrets come from the environment (``DAP_CLIENT_ID``, ``DAP_CLIENT_SECRET``, ``CD2_DATABASE_URL``);
-the arguments carry nothing secret. Log lines go to stderr; the result goes to the file descriptor named
-by ``CD2_RESULT_FD`` (stdout when unset).
+The job comes from argv and the result goes out as one JSON line, both in the shapes of
+:mod:`cd2.contract`. Secrets come from the environment (``DAP_CLIENT_ID``, ``DAP_CLIENT_SECRET``,
+``CD2_DATABASE_URL``); argv carries nothing secret. Log lines go to stderr; the result goes to the file
+descriptor named by ``CD2_RESULT_FD`` (stdout when unset).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import logging
 import os
 import re
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
 
 import asyncpg
 from dap.api import DAPClient
@@ -26,7 +24,8 @@ from dap.dap_types import Credentials
 from dap.integration.database import DatabaseConnection
 from dap.replicator.sql import SQLDrop, SQLReplicator
 
-from cd2 import child_protocol as protocol
+from cd2 import contract
+from cd2.contract import Action, ListJob, ListResult, Outcome, TableJob, TableRef, TableResult
 from cd2.dap_child import locks
 from cd2.dap_child.errors import DapEnvironmentError, classify
 
@@ -89,9 +88,9 @@ def _env(name: str) -> str:
 
 def _client() -> DAPClient:
     credentials = Credentials.create(
-        client_id=_env(protocol.ENV_CLIENT_ID), client_secret=_env(protocol.ENV_CLIENT_SECRET)
+        client_id=_env(contract.ENV_CLIENT_ID), client_secret=_env(contract.ENV_CLIENT_SECRET)
     )
-    return DAPClient(os.environ.get(protocol.ENV_API_URL) or None, credentials, tracking=False)
+    return DAPClient(os.environ.get(contract.ENV_API_URL) or None, credentials, tracking=False)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -101,59 +100,65 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() + "Z" if value.tzinfo is None else value.isoformat()
 
 
-async def list_tables(namespaces: list[str]) -> dict[str, Any]:
+async def list_tables(job: ListJob) -> ListResult:
     async with _client() as session:
-        tables = {namespace: sorted(await session.get_tables(namespace)) for namespace in namespaces}
-    return {"action": protocol.LISTED, "tables": tables}
+        return ListResult(tables={ns: sorted(await session.get_tables(ns)) for ns in job.namespace})
 
 
-async def replicate_table(args: argparse.Namespace) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Done:
+    """What a sync or init step did, before the watermarks and counts are read."""
+
+    outcome: Outcome
+    reason: str | None = None
+    reinit: bool = False
+
+
+async def replicate_table(job: TableJob) -> TableResult:
     """Sync or init one table, holding its lock and a max_active_tables slot throughout."""
-    namespace, table = args.namespace, args.table
-    label = f"{namespace}.{table}"
-    url = _env(protocol.ENV_DATABASE_URL)
+    ref = job.ref
+    url = _env(contract.ENV_DATABASE_URL)
     started = time.monotonic()
     counter = RowCounter()
     logging.getLogger("dap").addHandler(counter)
-    lock_conn = await locks.connect_as(url, args.holder)
+    lock_conn = await locks.connect_as(url, job.holder)
     try:
-        await locks.lock_table(lock_conn, label, args.lock_wait)
-        await locks.take_slot(lock_conn, args.max_active_tables)
+        await locks.lock_table(lock_conn, ref.label, job.lock_wait_seconds)
+        await locks.take_slot(lock_conn, job.max_active_tables)
         async with _client() as session:
             replicator = SQLReplicator(session, DatabaseConnection(url))
             await replicator.version_upgrade()
-            before = await read_table_state(lock_conn, namespace, table)
-            result: dict[str, Any] = {
-                "namespace": namespace,
-                "table": table,
-                "watermark_before": _iso(before.watermark),
-            }
-            if args.action == protocol.ACTION_SYNC:
-                result |= await _sync(replicator, before, namespace, table)
+            before = await read_table_state(lock_conn, ref.namespace, ref.name)
+            if job.action is Action.SYNC:
+                done = await _sync(replicator, before, ref)
             else:
-                result |= await _init(replicator, lock_conn, before, args.reinit, url, namespace, table)
-            after = await read_table_state(lock_conn, namespace, table)
+                done = await _init(replicator, lock_conn, before, job.reinit, url, ref)
+            after = await read_table_state(lock_conn, ref.namespace, ref.name)
     finally:
         await lock_conn.close()
-    return result | {
-        "watermark_after": _iso(after.watermark),
-        "schema_version": after.schema_version,
-        "rows": counter.rows,
-        "duration_seconds": round(time.monotonic() - started, 3),
-    }
+    return TableResult(
+        label=ref.label,
+        outcome=done.outcome,
+        reason=done.reason,
+        reinit=done.reinit,
+        rows=counter.rows,
+        duration_seconds=round(time.monotonic() - started, 3),
+        watermark_before=_iso(before.watermark),
+        watermark_after=_iso(after.watermark),
+        schema_version=after.schema_version,
+    )
 
 
-async def _sync(replicator: SQLReplicator, before: TableState, namespace: str, table: str) -> dict[str, Any]:
-    label = f"{namespace}.{table}"
+async def _sync(replicator: SQLReplicator, before: TableState, ref: TableRef) -> _Done:
     if not before.initialized:
-        logger.info("%s is not initialized (no instructure_dap.table_sync row): init needed", label)
-        return {"action": protocol.INIT_NEEDED, "reason": "not initialized", "reinit": False}
+        logger.info("%s is not initialized (no instructure_dap.table_sync row): init needed", ref.label)
+        return _Done(Outcome.INIT_NEEDED, reason="not initialized")
     try:
-        await replicator.synchronize(namespace, table)
+        await replicator.synchronize(ref.namespace, ref.name)
     except (OutOfRangeError, SnapshotRequiredError) as error:
-        logger.info("%s: the API needs a fresh snapshot (%s): init needed", label, error.message)
-        return {"action": protocol.INIT_NEEDED, "reason": "watermark too old", "reinit": True}
-    return {"action": protocol.SYNCED}
+        logger.info("%s: the API needs a fresh snapshot (%s): init needed", ref.label, error.message)
+        return _Done(Outcome.INIT_NEEDED, reason="watermark too old", reinit=True)
+    return _Done(Outcome.SYNCED)
 
 
 async def _init(
@@ -162,23 +167,23 @@ async def _init(
     before: TableState,
     reinit: bool,
     url: str,
-    namespace: str,
-    table: str,
-) -> dict[str, Any]:
-    label = f"{namespace}.{table}"
+    ref: TableRef,
+) -> _Done:
     if before.initialized and not reinit:
         # Initialized since the sync looked (e.g. this init re-run after it succeeded): bring it current.
-        logger.info("%s is already initialized; synchronizing instead", label)
-        await replicator.synchronize(namespace, table)
-        return {"action": protocol.SYNCED}
+        logger.info("%s is already initialized; synchronizing instead", ref.label)
+        await replicator.synchronize(ref.namespace, ref.name)
+        return _Done(Outcome.SYNCED)
     if before.initialized:
-        logger.info("%s: dropping the replica table for re-initialization", label)
-        await SQLDrop(DatabaseConnection(url)).drop(namespace, table)
+        logger.info("%s: dropping the replica table for re-initialization", ref.label)
+        await SQLDrop(DatabaseConnection(url)).drop(ref.namespace, ref.name)
     elif before.table_exists:
-        logger.warning("%s: dropping a half-initialized leftover (table present, no table_sync row)", label)
-        await conn.execute(f"DROP TABLE {quote_ident(namespace)}.{quote_ident(table)}")
-    await replicator.initialize(namespace, table)
-    return {"action": protocol.INITIALIZED, "reinit": before.initialized}
+        logger.warning(
+            "%s: dropping a half-initialized leftover (table present, no table_sync row)", ref.label
+        )
+        await conn.execute(f"DROP TABLE {quote_ident(ref.namespace)}.{quote_ident(ref.name)}")
+    await replicator.initialize(ref.namespace, ref.name)
+    return _Done(Outcome.INITIALIZED, reinit=before.initialized)
 
 
 async def _exit_when_orphaned() -> None:
@@ -191,31 +196,14 @@ async def _exit_when_orphaned() -> None:
             os._exit(3)
 
 
-async def _run(args: argparse.Namespace) -> dict[str, Any]:
+async def _run(job: ListJob | TableJob) -> ListResult | TableResult:
     watchdog = asyncio.create_task(_exit_when_orphaned())
     try:
-        if args.action == protocol.ACTION_LIST:
-            return await list_tables(args.namespace)
-        return await replicate_table(args)
+        if isinstance(job, ListJob):
+            return await list_tables(job)
+        return await replicate_table(job)
     finally:
         watchdog.cancel()
-
-
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m cd2.dap_child", description=__doc__)
-    sub = parser.add_subparsers(dest="action", required=True)
-    listing = sub.add_parser(protocol.ACTION_LIST, help="list the tables of namespaces")
-    listing.add_argument("--namespace", action="append", required=True)
-    for action in (protocol.ACTION_SYNC, protocol.ACTION_INIT):
-        table = sub.add_parser(action, help=f"{action} one table")
-        table.add_argument("--namespace", required=True)
-        table.add_argument("--table", required=True)
-        table.add_argument("--holder", default="cd2_replica", help="who works on the table (for waiters)")
-        table.add_argument("--lock-wait", type=float, default=300.0, help="seconds to wait for the table")
-        table.add_argument("--max-active-tables", type=int, default=5)
-        if action == protocol.ACTION_INIT:
-            table.add_argument("--reinit", action="store_true", help="drop an initialized table first")
-    return parser.parse_args(argv)
 
 
 def peak_rss_mb() -> float | None:
@@ -230,9 +218,9 @@ def peak_rss_mb() -> float | None:
     return None
 
 
-def write_result(result: dict[str, Any]) -> None:
-    line = json.dumps(result, default=str) + "\n"
-    fd = os.environ.get(protocol.ENV_RESULT_FD)
+def write_result(result: ListResult | TableResult) -> None:
+    line = result.to_json() + "\n"
+    fd = os.environ.get(contract.ENV_RESULT_FD)
     if fd:
         with os.fdopen(int(fd), "w") as stream:
             stream.write(line)
@@ -241,16 +229,19 @@ def write_result(result: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one action; logging is configured by the entry point (``python -m cd2.dap_child``)."""
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    """Run one job; logging is configured by the entry point (``python -m cd2.dap_child``)."""
+    job = contract.job_from_argv(sys.argv[1:] if argv is None else argv)
     try:
-        result = {"ok": True} | asyncio.run(_run(args))
+        result = asyncio.run(_run(job))
         code = 0
     except Exception as error:
         classified = classify(error)
-        logger.error("%s failed: %s: %s", args.action, classified.type, classified.message, exc_info=True)
-        result = {"ok": False, "action": args.action, "error": classified.as_dict()}
+        logger.error("%s failed: %s: %s", job.action, classified.type, classified.message, exc_info=True)
+        if isinstance(job, ListJob):
+            result = ListResult(tables={}, error=classified)
+        else:
+            result = TableResult(label=job.ref.label, outcome=Outcome.FAILED, error=classified)
         code = 1
     logger.info("peak memory %s MB", peak := peak_rss_mb())
-    write_result(result | {"peak_rss_mb": peak})
+    write_result(replace(result, peak_rss_mb=peak))
     return code

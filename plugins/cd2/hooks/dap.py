@@ -1,27 +1,30 @@
-"""DapHook: runs the Instructure DAP client, one action per child process, on the DAP virtualenv's Python.
+"""DapHook: runs the Instructure DAP client, one job per child process, on the DAP virtualenv's Python.
 
-The client cannot share MWAA's Python environment, so each action runs as ``python -m cd2.dap_child`` on
-the interpreter named by ``CD2_DAP_PYTHON``. Secrets reach the child only through its environment; its
-log lines are relayed into the task log with secrets scrubbed; it reports one JSON result on a pipe.
+The client cannot share MWAA's Python environment, so each job (:mod:`cd2.contract`) runs as
+``python -m cd2.dap_child <argv>`` on the interpreter named by ``CD2_DAP_PYTHON``. Secrets reach the child
+only through its environment and are registered with Airflow's secret masker; the child's log lines are
+relayed into the task log; it reports one JSON result on a pipe. Why the lifecycle guards (kill on
+timeout, ``on_kill``, the child's orphan watchdog) exist is in docs/design.md.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import subprocess
 import threading
 from collections import deque
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.sdk.log import mask_secret
 
-from cd2 import child_protocol as protocol
+from cd2 import contract
 from cd2.connection_string import postgres_connection_string
+from cd2.contract import ChildError, ContractError, ErrorCategory, ListJob, ListResult, TableJob, TableResult
 
 DAP_PYTHON_ENV = "CD2_DAP_PYTHON"
 DEFAULT_API_URL = "https://api-gateway.instructure.com"
@@ -37,16 +40,31 @@ KILL_GRACE_SECONDS = 10
 TAIL_LINES = 20
 
 
-class DapTransientError(AirflowException):
-    """The DAP action failed in a way a retry may fix (5xx, job processing error, connection reset)."""
+class _DapError:
+    """Carries the child's :class:`ChildError`, so the failed table's record can say what went wrong."""
+
+    def __init__(self, error: ChildError) -> None:
+        super().__init__(f"{error.type}: {error.message}")
+        self.error = error
 
 
-class DapPermanentError(AirflowFailException):
-    """The DAP action failed in a way only a fix can (credentials, account, unknown table, broken venv)."""
+class DapTransientError(_DapError, AirflowException):
+    """The DAP job failed in a way a retry may fix (5xx, job processing error, connection reset)."""
+
+
+class DapPermanentError(_DapError, AirflowFailException):
+    """The DAP job failed in a way only a fix can (credentials, account, unknown table, broken venv)."""
+
+
+def _permanent(type_: str, message: str) -> DapPermanentError:
+    return DapPermanentError(ChildError(ErrorCategory.PERMANENT, type_, message))
 
 
 class DapHook(BaseHook):
-    """Run DAP client actions against the ``dap_default`` API and the ``cd2_postgres`` database.
+    """Run DAP client jobs against the ``dap_default`` API and the ``cd2_postgres`` database.
+
+    The client lives in another interpreter, so the hook holds no client object: each call starts a
+    child process for one job and returns its typed result.
 
     :param dap_conn_id: host = API base URL, login = client id, password = client secret.
     :param postgres_conn_id: the target PostgreSQL; extra ``sslmode`` becomes the client's ``?ssl=``.
@@ -55,7 +73,6 @@ class DapHook(BaseHook):
 
     conn_name_attr = "dap_conn_id"
     default_conn_name = "dap_default"
-    conn_type = "http"
     hook_name = "Canvas Data 2 (DAP API)"
 
     def __init__(
@@ -72,37 +89,28 @@ class DapHook(BaseHook):
         self._child: subprocess.Popen | None = None
         self._secrets: list[str] = []
 
-    # -- public actions -------------------------------------------------------------------------
+    # -- public jobs ------------------------------------------------------------------------------
 
-    def list_tables(self, namespaces: list[str]) -> dict[str, list[str]]:
+    def list_tables(self, namespaces: Sequence[str]) -> dict[str, list[str]]:
         """The tables of each namespace, as the API lists them."""
-        args = [protocol.ACTION_LIST]
-        for namespace in namespaces:
-            args += ["--namespace", namespace]
-        return self.run_child(args, with_database=False)["tables"]
+        payload = self.run_child(ListJob(namespace=tuple(namespaces)), with_database=False)
+        return self._decode(ListResult, payload).tables
 
-    def sync_table(self, namespace: str, table: str, **options: Any) -> dict[str, Any]:
-        """Synchronize one table, or report ``init_needed`` without creating a job."""
-        return self.run_child([protocol.ACTION_SYNC, *_table_args(namespace, table, **options)])
-
-    def init_table(
-        self, namespace: str, table: str, *, reinit: bool = False, **options: Any
-    ) -> dict[str, Any]:
-        """Initialize one table, dropping a half-initialized leftover (or, with ``reinit``, the old table)."""
-        args = [protocol.ACTION_INIT, *_table_args(namespace, table, **options)]
-        return self.run_child(args + (["--reinit"] if reinit else []))
+    def run_table_job(self, job: TableJob) -> TableResult:
+        """Sync or init one table (a sync of an uninitialized table reports ``init_needed``, no job)."""
+        return self._decode(TableResult, self.run_child(job))
 
     def kill_child(self) -> None:
-        """Stop the running child process and everything it started (task kill or timeout)."""
+        """Stop the running child process (task kill or timeout): SIGTERM, then SIGKILL after a grace."""
         child, self._child = self._child, None
         if child is None or child.poll() is not None:
             return
         self.log.warning("Stopping the DAP child process %s", child.pid)
-        _signal_group(child.pid, signal.SIGTERM)
+        child.terminate()
         try:
             child.wait(KILL_GRACE_SECONDS)
         except subprocess.TimeoutExpired:
-            _signal_group(child.pid, signal.SIGKILL)
+            child.kill()
             child.wait()
 
     # -- environment ------------------------------------------------------------------------------
@@ -111,14 +119,16 @@ class DapHook(BaseHook):
         """The DAP virtualenv's Python; fails saying what is wrong when it is missing."""
         path = self.dap_python or os.environ.get(DAP_PYTHON_ENV)
         if not path:
-            raise DapPermanentError(
+            raise _permanent(
+                "DapEnvironmentError",
                 f"{DAP_PYTHON_ENV} is not set: it must name the python of the virtualenv holding "
-                "instructure-dap-client (the MWAA startup script exports it)"
+                "instructure-dap-client (the MWAA startup script exports it)",
             )
         if not os.path.isfile(path) or not os.access(path, os.X_OK):
-            raise DapPermanentError(
+            raise _permanent(
+                "DapEnvironmentError",
                 f"{DAP_PYTHON_ENV}={path} is missing or not executable: the DAP virtualenv was not built "
-                "on this worker (check the startup script's log)"
+                "on this worker (check the startup script's log)",
             )
         return path
 
@@ -137,8 +147,9 @@ class DapHook(BaseHook):
         """The child's whole environment: a few pass-through variables, the API and database secrets."""
         dap = self.get_connection(self.dap_conn_id)
         if not dap.login or not dap.password:
-            raise DapPermanentError(
-                f"Connection {self.dap_conn_id} needs login (DAP client id) and password (client secret)"
+            raise _permanent(
+                "ConnectionError",
+                f"Connection {self.dap_conn_id} needs login (DAP client id) and password (client secret)",
             )
         env = {name: os.environ[name] for name in PASSED_THROUGH if name in os.environ}
         env |= {
@@ -146,11 +157,11 @@ class DapHook(BaseHook):
             "PYTHONUNBUFFERED": "1",
             "NO_COLOR": "1",
             "DAP_TRACKING": "false",
-            protocol.ENV_API_URL: self.api_url(),
-            protocol.ENV_CLIENT_ID: dap.login,
-            protocol.ENV_CLIENT_SECRET: dap.password,
+            contract.ENV_API_URL: self.api_url(),
+            contract.ENV_CLIENT_ID: dap.login,
+            contract.ENV_CLIENT_SECRET: dap.password,
         }
-        self._secrets = [dap.password]
+        self._remember_secret(dap.password)
         if with_database:
             pg = self.get_connection(self.postgres_conn_id)
             try:
@@ -163,41 +174,49 @@ class DapHook(BaseHook):
                     extra=pg.extra_dejson,
                 )
             except ValueError as error:
-                raise DapPermanentError(f"Connection {self.postgres_conn_id}: {error}") from None
-            env[protocol.ENV_DATABASE_URL] = url
+                raise _permanent("ConnectionError", f"Connection {self.postgres_conn_id}: {error}") from None
+            env[contract.ENV_DATABASE_URL] = url
             if pg.password:
-                self._secrets += [pg.password, quote(pg.password, safe="")]
+                self._remember_secret(pg.password)
+                self._remember_secret(quote(pg.password, safe=""))
         return env
 
-    def scrub(self, text: str) -> str:
-        """``text`` with every secret of this hook's connections replaced by ``***``."""
+    def _remember_secret(self, secret: str) -> None:
+        """Mask ``secret`` in the task log (Airflow's masker), and in error text bound for XCom."""
+        mask_secret(secret)
+        self._secrets.append(secret)
+
+    def without_secrets(self, text: str) -> str:
+        """``text`` with this hook's secrets replaced by ``***``: for the error text that goes into
+        the table's XCom record and the notification, which the log masker does not see."""
         for secret in self._secrets:
-            if secret:
-                text = text.replace(secret, "***")
+            text = text.replace(secret, "***")
         return text
 
     # -- the child process ------------------------------------------------------------------------
 
-    def run_child(self, args: list[str], *, with_database: bool = True) -> dict[str, Any]:
-        """Run ``python -m cd2.dap_child <args>``, relay its log, return its result or raise by category."""
+    def run_child(self, job: ListJob | TableJob, *, with_database: bool = True) -> bytes:
+        """Run ``python -m cd2.dap_child <job argv>``, relay its log, return its result's JSON bytes.
+
+        The child stays in the task's process group, so Airflow's signals to the group reach it too.
+        """
         python = self.interpreter()
         env = self.child_environment(with_database=with_database)
         result_read, result_write = os.pipe()
-        env[protocol.ENV_RESULT_FD] = str(result_write)
+        env[contract.ENV_RESULT_FD] = str(result_write)
         try:
             self._child = subprocess.Popen(
-                [python, "-m", "cd2.dap_child", *args],
+                [python, "-m", "cd2.dap_child", *job.to_argv()],
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 pass_fds=(result_write,),
-                start_new_session=True,
             )
         except OSError as error:
             os.close(result_read)
-            raise DapPermanentError(
-                f"Cannot start the DAP environment's interpreter {python}: {error}"
+            raise _permanent(
+                "DapEnvironmentError", f"Cannot start the DAP environment's interpreter {python}: {error}"
             ) from None
         finally:
             os.close(result_write)
@@ -209,7 +228,7 @@ class DapHook(BaseHook):
         try:
             assert child.stdout is not None
             for raw in child.stdout:
-                line = self.scrub(raw.decode(errors="replace").rstrip())
+                line = raw.decode(errors="replace").rstrip()
                 tail.append(line)
                 self.log.info("[dap] %s", line)
             returncode = child.wait()
@@ -219,48 +238,42 @@ class DapHook(BaseHook):
         finally:
             self._child = None
         reader.join()
-        return self._interpret(b"".join(result_chunks), returncode, python, list(tail))
-
-    def _interpret(self, payload: bytes, returncode: int, python: str, tail: list[str]) -> dict[str, Any]:
+        payload = b"".join(result_chunks)
         if not payload.strip() and returncode < 0:
-            raise DapTransientError(f"The DAP child process was stopped by signal {-returncode}")
+            raise DapTransientError(
+                ChildError(
+                    ErrorCategory.TRANSIENT,
+                    "ChildStopped",
+                    f"The DAP child process was stopped by signal {-returncode}",
+                )
+            )
         if not payload.strip():
             last = next((line for line in reversed(tail) if line.strip()), "(no output)")
-            raise DapPermanentError(
-                f"The DAP environment's interpreter {python} exited with code {returncode} without a "
-                f"result; the DAP virtualenv may be broken. Last output: {last}"
+            raise _permanent(
+                "DapEnvironmentError",
+                self.without_secrets(
+                    f"The DAP environment's interpreter {python} exited with code {returncode} without a "
+                    f"result; the DAP virtualenv may be broken. Last output: {last}"
+                ),
             )
-        result = json.loads(payload)
-        if result.get("ok"):
+        return payload
+
+    def _decode[R: (ListResult, TableResult)](self, kind: type[R], payload: bytes) -> R:
+        """The child's result, or its error raised by category (secrets removed from its text)."""
+        try:
+            result = kind.from_json(payload)
+        except ContractError as error:
+            raise _permanent(
+                "ContractError", f"the DAP child's result does not fit the contract: {error}"
+            ) from None
+        if result.error is None:
             return result
-        error = result["error"]
-        message = self.scrub(f"{error['type']}: {error['message']}")
-        if error["category"] == protocol.TRANSIENT:
-            raise DapTransientError(message)
-        raise DapPermanentError(message)
-
-
-def _table_args(
-    namespace: str,
-    table: str,
-    *,
-    holder: str = "cd2_replica",
-    lock_wait_seconds: float = 300.0,
-    max_active_tables: int = 5,
-) -> list[str]:
-    return [
-        "--namespace", namespace, "--table", table, "--holder", holder,
-        "--lock-wait", str(lock_wait_seconds), "--max-active-tables", str(max_active_tables),
-    ]  # fmt: skip
+        error = replace(result.error, message=self.without_secrets(result.error.message))
+        if error.category is ErrorCategory.TRANSIENT:
+            raise DapTransientError(error)
+        raise DapPermanentError(error)
 
 
 def _read_all(fd: int, chunks: list[bytes]) -> None:
     with os.fdopen(fd, "rb") as stream:
         chunks.append(stream.read())
-
-
-def _signal_group(pid: int, signum: int) -> None:
-    try:
-        os.killpg(pid, signum)
-    except ProcessLookupError:
-        pass

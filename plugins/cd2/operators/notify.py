@@ -10,7 +10,7 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
 from cd2.config import ConfigError, parse_config
-from cd2.operators.replicate import OUTCOME_KEY
+from cd2.contract import TableResult
 from cd2.summary import Notification, compose, summarize_table
 
 
@@ -18,7 +18,7 @@ class NotifyRunOperator(BaseOperator):
     """Publish the run's summary to ``sns_topic_arn`` from ``cd2_config`` (or log it when there is none).
 
     Runs after every table finished whatever its state (``trigger_rule="all_done"``). Reads the table
-    list and each table's outcome from XCom: failed tasks push their outcome too.
+    list and each table task's record (its XCom), which failed and skipped tasks push too.
 
     :param config: the ``cd2_config`` Variable's value.
     :param list_task_id: the task that returned the tables.
@@ -77,11 +77,11 @@ class NotifyRunOperator(BaseOperator):
         tables = tables or []
         indexes = list(range(len(tables)))
         per_task = [
-            ti.xcom_pull(task_ids=task_id, key=OUTCOME_KEY, map_indexes=indexes) if indexes else []
+            ti.xcom_pull(task_ids=task_id, map_indexes=indexes) if indexes else []
             for task_id in self.table_task_ids
         ]
         summaries = [
-            summarize_table(label, *(outcomes[index] for outcomes in per_task))
+            summarize_table(label, *(_record(records[index]) for records in per_task))
             for index, label in enumerate(tables)
         ]
         return compose(
@@ -91,3 +91,7 @@ class NotifyRunOperator(BaseOperator):
             now=datetime.now(UTC),
             problem=problem,
         )
+
+
+def _record(value: Any) -> TableResult | None:
+    return None if value is None else TableResult.from_dict(value)

@@ -3,39 +3,54 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from cd2.child_protocol import INIT_NEEDED
-from cd2.config import ConfigError, matches, parse_config, parse_table_param, split_label
-from cd2.hooks.dap import DapHook
+from cd2.config import ConfigError, matches, parse_config, parse_table_param
+from cd2.contract import (
+    DEFAULT_LOCK_WAIT_SECONDS,
+    Action,
+    ChildError,
+    ContractError,
+    ErrorCategory,
+    Outcome,
+    TableJob,
+    TableRef,
+    TableResult,
+)
+from cd2.hooks.dap import DapHook, DapPermanentError, DapTransientError
 from cd2.summary import first_line
 
-OUTCOME_KEY = "outcome"
 # The context variable a DAG's map_index_template names ("{{ table_label }}").
-TABLE_LABEL = "table_label"
+TABLE_LABEL_CONTEXT_KEY = "table_label"
 
 
 class _TableOperator(BaseOperator):
-    """Runs one DAP action for ``table`` and pushes an ``outcome`` XCom whether it succeeds or fails."""
+    """Runs one DAP job for ``table_label`` and returns its :class:`TableResult` as the task's XCom.
 
-    template_fields: Sequence[str] = ("table", "config")
+    The record is pushed in the same shape when the task fails or skips itself, so the next task and
+    the notification read one XCom per task, whatever happened.
+    """
+
+    template_fields: Sequence[str] = ("table_label", "config")
     ui_color = "#e8eef8"
+    action: Action
 
     def __init__(
         self,
         *,
-        table: str,
+        table_label: str,
         config: str | Mapping[str, Any] | None = None,
         dap_conn_id: str = DapHook.default_conn_name,
         postgres_conn_id: str = "cd2_postgres",
-        lock_wait_seconds: float = 300.0,
+        lock_wait_seconds: float = DEFAULT_LOCK_WAIT_SECONDS,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.table = table
+        self.table_label = table_label
         self.config = config
         self.dap_conn_id = dap_conn_id
         self.postgres_conn_id = postgres_conn_id
@@ -43,95 +58,96 @@ class _TableOperator(BaseOperator):
         self.hook: DapHook | None = None
 
     def execute(self, context: Any) -> dict[str, Any]:
-        context[TABLE_LABEL] = self.table
+        context[TABLE_LABEL_CONTEXT_KEY] = self.table_label
         try:
-            namespace, table = split_label(self.table)
-            config = parse_config(self.config)
-        except ConfigError as error:
-            raise AirflowFailException(str(error)) from None
-        self.hook = DapHook(dap_conn_id=self.dap_conn_id, postgres_conn_id=self.postgres_conn_id)
-        options = {
-            "holder": f"{self.dag_id} {context['run_id']}",
-            "lock_wait_seconds": self.lock_wait_seconds,
-            "max_active_tables": config.max_active_tables,
-        }
-        try:
-            result = self.run_action(self.hook, namespace, table, options)
-        except AirflowSkipException:
+            try:
+                ref = TableRef.parse(self.table_label)
+                config = parse_config(self.config)
+            except (ConfigError, ContractError) as error:
+                raise AirflowFailException(str(error)) from None
+            self.hook = DapHook(dap_conn_id=self.dap_conn_id, postgres_conn_id=self.postgres_conn_id)
+            job = TableJob(
+                action=self.action,
+                namespace=ref.namespace,
+                table=ref.name,
+                holder=f"{self.dag_id} {context['run_id']}",
+                lock_wait_seconds=self.lock_wait_seconds,
+                max_active_tables=config.max_active_tables,
+            )
+            result = self.run_job(self.hook, job)
+        except AirflowSkipException as skip:
+            self._push(context, TableResult(self.table_label, Outcome.SKIPPED, reason=str(skip)))
             raise
         except BaseException as error:
-            message = first_line(str(error)) or type(error).__name__
-            self._push_outcome(context, {"state": "failed", "error": message})
+            self._push(context, TableResult(self.table_label, Outcome.FAILED, error=_child_error(error)))
             raise
-        outcome = {key: result.get(key) for key in _OUTCOME_FIELDS}
-        self._push_outcome(context, outcome | {"state": "ok"})
-        self.log.info("%s: %s", self.table, outcome)
-        return result
+        self.log.info("%s: %s", self.table_label, result)
+        return result.to_dict()
 
-    def run_action(
-        self, hook: DapHook, namespace: str, table: str, options: dict[str, Any]
-    ) -> dict[str, Any]:
+    def run_job(self, hook: DapHook, job: TableJob) -> TableResult:
         raise NotImplementedError
 
     def on_kill(self) -> None:
         if self.hook is not None:
             self.hook.kill_child()
 
-    def _push_outcome(self, context: Any, outcome: dict[str, Any]) -> None:
-        context["ti"].xcom_push(key=OUTCOME_KEY, value={"table": self.table} | outcome)
+    def _push(self, context: Any, record: TableResult) -> None:
+        context["ti"].xcom_push(key="return_value", value=record.to_dict())
 
 
-_OUTCOME_FIELDS = ("action", "reason", "duration_seconds", "rows", "watermark_before", "watermark_after")
+def _child_error(error: BaseException) -> ChildError:
+    if isinstance(error, DapTransientError | DapPermanentError):
+        return error.error
+    category = ErrorCategory.PERMANENT if isinstance(error, AirflowFailException) else ErrorCategory.TRANSIENT
+    return ChildError(category, type(error).__name__, first_line(str(error)) or type(error).__name__)
 
 
 class SyncTableOperator(_TableOperator):
-    """Synchronize ``table`` (``namespace.table``) if it is initialized; else return ``init_needed``.
+    """Synchronize ``table_label`` (``namespace.table``) if it is initialized; else report init needed.
 
-    :param table: ``namespace.table``.
+    :param table_label: ``namespace.table``.
     :param config: the ``cd2_config`` Variable's value (for ``max_active_tables``).
     :param force_reinit: tables to drop and re-initialize instead (``ns.table`` or ``table``, globs).
     :param lock_wait_seconds: how long to wait for another task instance working on the same table.
     """
 
     template_fields: Sequence[str] = (*_TableOperator.template_fields, "force_reinit")
+    action = Action.SYNC
 
     def __init__(self, *, force_reinit: Sequence[str] | str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.force_reinit = force_reinit
 
-    def run_action(
-        self, hook: DapHook, namespace: str, table: str, options: dict[str, Any]
-    ) -> dict[str, Any]:
+    def run_job(self, hook: DapHook, job: TableJob) -> TableResult:
         try:
             force_reinit = parse_table_param(self.force_reinit, "force_reinit")
         except ConfigError as error:
             raise AirflowFailException(str(error)) from None
-        if any(matches(pattern, namespace, table) for pattern in force_reinit):
-            self.log.info("%s is in force_reinit: no sync, init will drop and re-initialize it", self.table)
-            return {"action": INIT_NEEDED, "reason": "force_reinit", "reinit": True}
-        return hook.sync_table(namespace, table, **options)
+        if any(matches(pattern, job.namespace, job.table) for pattern in force_reinit):
+            self.log.info("%s is in force_reinit: no sync, init will re-initialize it", self.table_label)
+            return TableResult(self.table_label, Outcome.INIT_NEEDED, reason="force_reinit", reinit=True)
+        return hook.run_table_job(job)
 
 
 class InitTableOperator(_TableOperator):
-    """Initialize ``table`` if its sync said ``init_needed``; otherwise skip itself.
+    """Initialize ``table_label`` if its sync said init needed; otherwise skip itself.
 
     The gate is here, not in a short-circuit operator: short-circuiting inside a mapped task group skips
     nothing on Airflow 3.2/3.3, while a task skipping itself after reading its own table's result works.
 
-    :param sync_result: this table's sync result (its XCom).
+    :param sync_result: this table's sync record (its XCom).
     """
 
     template_fields: Sequence[str] = (*_TableOperator.template_fields, "sync_result")
+    action = Action.INIT
 
     def __init__(self, *, sync_result: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.sync_result = sync_result
 
-    def run_action(
-        self, hook: DapHook, namespace: str, table: str, options: dict[str, Any]
-    ) -> dict[str, Any]:
-        sync_result = self.sync_result or {}
-        if sync_result.get("action") != INIT_NEEDED:
-            raise AirflowSkipException(f"{self.table}: sync brought it up to date; no init needed")
-        self.log.info("%s: init needed (%s)", self.table, sync_result.get("reason"))
-        return hook.init_table(namespace, table, reinit=bool(sync_result.get("reinit")), **options)
+    def run_job(self, hook: DapHook, job: TableJob) -> TableResult:
+        sync = TableResult.from_dict(self.sync_result)
+        if sync.outcome is not Outcome.INIT_NEEDED:
+            raise AirflowSkipException(f"{self.table_label}: sync brought it up to date; no init needed")
+        self.log.info("%s: init needed (%s)", self.table_label, sync.reason)
+        return hook.run_table_job(replace(job, reinit=sync.reinit))

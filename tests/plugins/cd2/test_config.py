@@ -10,7 +10,6 @@ from cd2.config import (
     parse_config,
     parse_table_param,
     select_tables,
-    split_label,
 )
 
 AVAILABLE = {"canvas": ["accounts", "courses", "users", "user_notes"], "catalog": ["courses"]}
@@ -90,9 +89,3 @@ def test_entries_matching_nothing_fail_naming_them(include, requested, named):
     with pytest.raises(ConfigError) as error:
         select_tables(AVAILABLE, include=include, requested=requested)
     assert named in str(error.value)
-
-
-def test_split_label():
-    assert split_label("canvas.users") == ("canvas", "users")
-    with pytest.raises(ConfigError, match="namespace.table"):
-        split_label("users")

@@ -1,19 +1,21 @@
-"""Merging per-table outcomes and composing the notification (subject counts, lines, JSON facts)."""
+"""Merging per-table records and composing the notification (subject counts, lines, JSON facts)."""
 
 from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
 
+from cd2.contract import ChildError, ErrorCategory, Outcome, TableResult
 from cd2.summary import compose, summarize_table
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
-SYNC_OK = {"state": "ok", "action": "synced", "duration_seconds": 2.0, "rows": 7,
-           "watermark_before": "2026-01-01T04:00:00Z", "watermark_after": "2026-01-01T08:00:00Z"}  # fmt: skip
-SYNC_NEEDS_INIT = {"state": "ok", "action": "init_needed", "duration_seconds": 0.5}
-INIT_OK = {"state": "ok", "action": "initialized", "duration_seconds": 61.0, "rows": 1000,
-           "watermark_after": "2026-01-01T10:00:00Z"}  # fmt: skip
-FAILED = {"state": "failed", "error": "DapPermanentError: NotFoundError: no such table (check ...)\ntrace"}
+SYNC_OK = TableResult("canvas.a", Outcome.SYNCED, duration_seconds=2.0, rows=7,
+                      watermark_before="2026-01-01T04:00:00Z", watermark_after="2026-01-01T08:00:00Z")  # fmt: skip
+SYNC_NEEDS_INIT = TableResult("canvas.b", Outcome.INIT_NEEDED, duration_seconds=0.5)
+INIT_OK = TableResult("canvas.b", Outcome.INITIALIZED, duration_seconds=61.0, rows=1000,
+                      watermark_after="2026-01-01T10:00:00Z")  # fmt: skip
+FAILED = TableResult("canvas.c", Outcome.FAILED, error=ChildError(
+    ErrorCategory.PERMANENT, "NotFoundError", "no such table (check ...)\ntrace"))  # fmt: skip
 
 
 def test_outcome_per_table():
@@ -25,7 +27,7 @@ def test_outcome_per_table():
         61.5,
     )
     failed = summarize_table("canvas.c", SYNC_NEEDS_INIT, FAILED)
-    assert failed.outcome == "failed" and failed.error == FAILED["error"].splitlines()[0]
+    assert failed.outcome == "failed" and failed.error == "NotFoundError: no such table (check ...)"
     assert summarize_table("canvas.d", FAILED, None).outcome == "failed"
     assert summarize_table("canvas.e", None, None).outcome == "skipped"
     assert summarize_table("canvas.f", SYNC_NEEDS_INIT, None).outcome == "failed"

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from cd2.contract import Action, TableJob, TableResult
 from cd2.hooks.dap import DapHook, DapPermanentError, DapTransientError
-from local_dap.truth import replica_truth
 from local_dap.airflow_home import AIRFLOW_PYTHON, dap_connection, postgres_connection
+from local_dap.truth import replica_truth
 from tests.support.paths import DAP_PYTHON
 
 NS = "canvas"
@@ -30,6 +31,14 @@ def hook(dap_emulator, database_url, monkeypatch) -> DapHook:
     return DapHook()
 
 
+def sync(hook: DapHook, table: str, **options) -> TableResult:
+    return hook.run_table_job(TableJob(action=Action.SYNC, namespace=NS, table=table, **options))
+
+
+def init(hook: DapHook, table: str, **options) -> TableResult:
+    return hook.run_table_job(TableJob(action=Action.INIT, namespace=NS, table=table, **options))
+
+
 def in_step(emulator, database_url, table: str) -> bool:
     return emulator.truth(NS, table) == replica_truth(database_url, NS, table)
 
@@ -44,55 +53,55 @@ def test_list_tables(hook):
 
 
 def test_init_needed_then_init_then_sync_keep_replica_equal_to_source(hook, dap_emulator, database_url):
-    first = hook.sync_table(NS, "accounts")
-    assert (first["action"], first["reason"]) == ("init_needed", "not initialized")
+    first = sync(hook, "accounts")
+    assert (first.outcome, first.reason) == ("init_needed", "not initialized")
     assert data_jobs(dap_emulator, "accounts") == 0  # decided from table_sync, no job created
 
-    init = hook.init_table(NS, "accounts")
-    assert (init["action"], init["rows"], init["schema_version"]) == ("initialized", 30, 1)
-    assert 10 < init["peak_rss_mb"] < 1000
+    initialized = init(hook, "accounts")
+    assert (initialized.outcome, initialized.rows, initialized.schema_version) == ("initialized", 30, 1)
+    assert 10 < initialized.peak_rss_mb < 1000
     assert in_step(dap_emulator, database_url, "accounts")
 
     dap_emulator.advance(changes=10)
-    synced = hook.sync_table(NS, "accounts")
-    assert synced["action"] == "synced" and synced["watermark_after"] > synced["watermark_before"]
-    assert synced["rows"] == 10 and synced["duration_seconds"] > 0
+    synced = sync(hook, "accounts")
+    assert synced.outcome == "synced" and synced.watermark_after > synced.watermark_before
+    assert synced.rows == 10 and synced.duration_seconds > 0
     assert in_step(dap_emulator, database_url, "accounts")
 
     # Re-running either task (as clearing it in the UI does) changes nothing: init of an initialized
     # table without reinit synchronizes instead.
-    assert hook.sync_table(NS, "accounts")["action"] == "synced"
-    assert hook.init_table(NS, "accounts")["action"] == "synced"
+    assert sync(hook, "accounts").outcome == "synced"
+    assert init(hook, "accounts").outcome == "synced"
     assert in_step(dap_emulator, database_url, "accounts")
 
 
 def test_half_initialized_leftover_is_dropped_and_reloaded(hook, dap_emulator, database_url, postgres_server):
-    hook.init_table(NS, "users")
+    init(hook, "users")
     dap_emulator.advance(changes=5)
     # What an init killed mid-load leaves: part of the rows, no table_sync row.
     with postgres_server.connect(database_url.rsplit("/", 1)[1]) as conn, conn.cursor() as cur:
         cur.execute("DELETE FROM canvas.users WHERE id % 2 = 0")
         cur.execute("DELETE FROM instructure_dap.table_sync WHERE source_table = 'users'")
-    assert hook.sync_table(NS, "users")["action"] == "init_needed"
-    assert hook.init_table(NS, "users")["action"] == "initialized"
+    assert sync(hook, "users").outcome == "init_needed"
+    assert init(hook, "users").outcome == "initialized"
     assert in_step(dap_emulator, database_url, "users")
 
 
 def test_force_reinit_and_out_of_range_reload_the_table(hook, dap_emulator, database_url):
-    hook.init_table(NS, "courses")
+    init(hook, "courses")
     dap_emulator.advance(changes=5)
     dap_emulator.inject_fault("out_of_range", table="courses")
-    too_old = hook.sync_table(NS, "courses")
-    assert (too_old["action"], too_old["reinit"]) == ("init_needed", True)
-    reloaded = hook.init_table(NS, "courses", reinit=True)
-    assert reloaded["action"] == "initialized" and reloaded["watermark_before"] is not None
+    too_old = sync(hook, "courses")
+    assert (too_old.outcome, too_old.reinit) == ("init_needed", True)
+    reloaded = init(hook, "courses", reinit=True)
+    assert reloaded.outcome == "initialized" and reloaded.watermark_before is not None
     assert in_step(dap_emulator, database_url, "courses")
 
 
 def test_errors_are_sorted_into_permanent_and_transient(hook, dap_emulator):
     dap_emulator.inject_fault("not_found", endpoint="schema", table="accounts")
     with pytest.raises(DapPermanentError, match="NotFoundError") as error:
-        hook.init_table(NS, "accounts")
+        init(hook, "accounts")
     assert "check cd2_config" in str(error.value)
 
     dap_emulator.inject_fault("unauthorized", endpoint="login")
@@ -136,7 +145,7 @@ def test_a_locked_table_waits_then_fails_naming_the_holder_and_argv_has_no_secre
         started = time.monotonic()
         watcher.start()
         with pytest.raises(DapPermanentError, match="locked by cd2_replica manual__holding_run"):
-            hook.sync_table(NS, "accounts", lock_wait_seconds=2)
+            sync(hook, "accounts", lock_wait_seconds=2)
         watcher.join()
         assert 2 <= time.monotonic() - started < 30
     finally:
@@ -156,10 +165,10 @@ def test_max_active_tables_makes_a_table_wait_for_a_free_slot(hook, postgres_ser
     started = time.monotonic()
     timer.start()
     try:
-        result = hook.sync_table(NS, "accounts", max_active_tables=1)
+        result = sync(hook, "accounts", max_active_tables=1)
     finally:
         timer.join()
-    assert result["action"] == "init_needed"
+    assert result.outcome == "init_needed"
     assert time.monotonic() - started >= 3
 
 
@@ -171,7 +180,7 @@ def test_the_child_dies_with_a_killed_or_timed_out_task(hook, postgres_server, d
         # on_kill, from another thread as Airflow's task runner does
         threading.Timer(2, hook.kill_child).start()
         with pytest.raises(DapTransientError, match="stopped by signal 15"):
-            hook.sync_table(NS, "accounts", lock_wait_seconds=60)
+            sync(hook, "accounts", lock_wait_seconds=60)
         assert not child_command_lines()
 
         # execution_timeout: Airflow raises in the task's main thread from a signal handler
@@ -182,7 +191,7 @@ def test_the_child_dies_with_a_killed_or_timed_out_task(hook, postgres_server, d
         signal.alarm(2)
         try:
             with pytest.raises(TimeoutError):
-                hook.sync_table(NS, "accounts", lock_wait_seconds=60)
+                sync(hook, "accounts", lock_wait_seconds=60)
         finally:
             signal.signal(signal.SIGALRM, previous)
         assert not child_command_lines()

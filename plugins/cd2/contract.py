@@ -1,0 +1,269 @@
+"""The one contract between the Airflow side and the DAP child process, imported by both.
+
+A *job* says what the child is to do (:class:`ListJob`, :class:`TableJob`); it travels as the child's
+argv (:meth:`to_argv` / :func:`job_from_argv`), which holds nothing secret. A *result* says what it did
+(:class:`ListResult`, :class:`TableResult`); it travels as one JSON line on a pipe and is decoded
+strictly: a field one side has and the other has not is a :class:`ContractError`, never a silent gap.
+The table task's XCom is the same :class:`TableResult`, so every status word and default is defined here.
+
+Standard library only: the child runs in the DAP virtualenv, where Airflow is not installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import MISSING, asdict, dataclass, fields
+from enum import StrEnum
+from typing import Any, ClassVar, Self
+
+# Environment variables the child reads (secrets travel only this way, never in argv).
+ENV_API_URL = "DAP_API_URL"
+ENV_CLIENT_ID = "DAP_CLIENT_ID"
+ENV_CLIENT_SECRET = "DAP_CLIENT_SECRET"
+ENV_DATABASE_URL = "CD2_DATABASE_URL"
+# File descriptor number the child writes its one JSON result line to.
+ENV_RESULT_FD = "CD2_RESULT_FD"
+
+DEFAULT_HOLDER = "cd2_replica"
+DEFAULT_LOCK_WAIT_SECONDS = 300.0
+# The API allows 5 new jobs a minute.
+DEFAULT_MAX_ACTIVE_TABLES = 5
+
+
+class ContractError(ValueError):
+    """A job or result does not have the contract's shape (the two sides disagree on a field)."""
+
+
+class Action(StrEnum):
+    """What the child is asked to do."""
+
+    LIST = "list"
+    SYNC = "sync"
+    INIT = "init"
+
+
+class Outcome(StrEnum):
+    """What happened to a table: in a child's result, a task's XCom and the notification."""
+
+    SYNCED = "synced"
+    INITIALIZED = "initialized"
+    INIT_NEEDED = "init_needed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+class ErrorCategory(StrEnum):
+    """Whether an Airflow retry may fix a failure."""
+
+    TRANSIENT = "transient"
+    PERMANENT = "permanent"
+
+
+@dataclass(frozen=True)
+class TableRef:
+    """A table of a namespace; its ``label`` (``namespace.table``) names it in the UI and messages."""
+
+    namespace: str
+    name: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.namespace}.{self.name}"
+
+    @classmethod
+    def parse(cls, label: str) -> TableRef:
+        """``"canvas.accounts"`` -> ``TableRef("canvas", "accounts")``."""
+        namespace, dot, name = label.partition(".")
+        if not dot or not namespace or not name:
+            raise ContractError(f"Table {label!r} is not of the form namespace.table")
+        return cls(namespace, name)
+
+
+# -- jobs ---------------------------------------------------------------------------------------------
+
+
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+class _Job:
+    """Argv form of a job: the action, then ``--field value`` per field (``--flag`` for a true boolean)."""
+
+    action: Action
+
+    def to_argv(self) -> list[str]:
+        argv = [str(self.action)]
+        for field in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, field.name)
+            if field.name == "action" or value is False:
+                continue
+            if value is True:
+                argv.append(_option(field.name))
+            elif isinstance(value, tuple):
+                for item in value:
+                    argv += [_option(field.name), str(item)]
+            else:
+                argv += [_option(field.name), str(value)]
+        return argv
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """One option per field, typed from the field's annotation."""
+        for field in fields(cls):  # type: ignore[arg-type]
+            if field.name == "action":
+                continue
+            required = field.default is MISSING
+            if field.type == "bool":
+                parser.add_argument(_option(field.name), dest=field.name, action="store_true")
+            elif field.type.startswith("tuple"):
+                parser.add_argument(_option(field.name), dest=field.name, action="append", required=required)
+            else:
+                parser.add_argument(
+                    _option(field.name),
+                    dest=field.name,
+                    type={"int": int, "float": float}.get(field.type, str),
+                    required=required,
+                    default=None if required else field.default,
+                )
+
+
+@dataclass(frozen=True)
+class ListJob(_Job):
+    """List the tables of these namespaces."""
+
+    namespace: tuple[str, ...]
+    action: Action = Action.LIST
+
+
+@dataclass(frozen=True)
+class TableJob(_Job):
+    """Sync or init one table, holding its lock.
+
+    ``holder`` names the run to other sessions waiting for the table; ``reinit`` (init only) replaces
+    an initialized table.
+    """
+
+    action: Action
+    namespace: str
+    table: str
+    holder: str = DEFAULT_HOLDER
+    lock_wait_seconds: float = DEFAULT_LOCK_WAIT_SECONDS
+    max_active_tables: int = DEFAULT_MAX_ACTIVE_TABLES
+    reinit: bool = False
+
+    def __post_init__(self) -> None:
+        if self.action not in (Action.SYNC, Action.INIT):
+            raise ContractError(f"a table job's action is sync or init, not {self.action!r}")
+        object.__setattr__(self, "action", Action(self.action))
+
+    @property
+    def ref(self) -> TableRef:
+        return TableRef(self.namespace, self.table)
+
+
+def job_from_argv(argv: list[str]) -> ListJob | TableJob:
+    """The job a child was started for: the inverse of ``job.to_argv()``."""
+    parser = argparse.ArgumentParser(prog="python -m cd2.dap_child", description="Run one DAP client job.")
+    actions = parser.add_subparsers(dest="action", required=True)
+    ListJob.add_arguments(actions.add_parser(Action.LIST, help="list the tables of namespaces"))
+    for action in (Action.SYNC, Action.INIT):
+        TableJob.add_arguments(actions.add_parser(action, help=f"{action} one table"))
+    values = vars(parser.parse_args(argv))
+    action = Action(values.pop("action"))
+    if action is Action.LIST:
+        return ListJob(namespace=tuple(values["namespace"]))
+    return TableJob(action=action, **values)
+
+
+# -- results ------------------------------------------------------------------------------------------
+
+
+class _Record:
+    """Strict JSON form: exactly the dataclass's fields, nested records decoded too."""
+
+    _nested: ClassVar[dict[str, type[_Record]]] = {}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Self:
+        if not isinstance(data, dict):
+            raise ContractError(f"{cls.__name__}: expected an object, got {type(data).__name__}")
+        names = {field.name for field in fields(cls)}  # type: ignore[arg-type]
+        required = {f.name for f in fields(cls) if f.default is MISSING}  # type: ignore[arg-type]
+        unknown, missing = set(data) - names, required - set(data)
+        if unknown or missing:
+            raise ContractError(
+                f"{cls.__name__}: unknown field(s) {sorted(unknown)}, missing field(s) {sorted(missing)}"
+            )
+        values = dict(data)
+        for name, record in cls._nested.items():
+            if values.get(name) is not None:
+                values[name] = record.from_dict(values[name])
+        try:
+            return cls(**values)
+        except (TypeError, ValueError) as error:
+            raise ContractError(f"{cls.__name__}: {error}") from None
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Self:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ContractError(f"{cls.__name__}: not JSON: {error}") from None
+        return cls.from_dict(data)
+
+
+@dataclass(frozen=True)
+class ChildError(_Record):
+    """Why a job failed: its category, the underlying exception's type, and what to do."""
+
+    category: ErrorCategory
+    type: str
+    message: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "category", ErrorCategory(self.category))
+
+
+@dataclass(frozen=True)
+class ListResult(_Record):
+    """The tables of each namespace, as the API lists them; or why listing failed."""
+
+    tables: dict[str, list[str]]
+    error: ChildError | None = None
+    peak_rss_mb: float | None = None
+
+    _nested: ClassVar[dict[str, type[_Record]]] = {"error": ChildError}
+
+
+@dataclass(frozen=True)
+class TableResult(_Record):
+    """What one table task did (``label`` is ``namespace.table``): the child's result, the task's XCom.
+
+    ``outcome`` is ``init_needed`` when a sync found the table uninitialized (``reinit`` when an
+    initialized table must be replaced), ``failed`` with ``error`` set, ``skipped`` for an init that
+    had nothing to do.
+    """
+
+    label: str
+    outcome: Outcome
+    reason: str | None = None
+    reinit: bool = False
+    rows: int | None = None
+    duration_seconds: float | None = None
+    watermark_before: str | None = None
+    watermark_after: str | None = None
+    schema_version: int | None = None
+    peak_rss_mb: float | None = None
+    error: ChildError | None = None
+
+    _nested: ClassVar[dict[str, type[_Record]]] = {"error": ChildError}
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "outcome", Outcome(self.outcome))
