@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ from cd2.contract import Action, TableJob, TableResult
 from cd2.hooks.dap import DapHook, DapPermanentError, DapTransientError
 from local_dap.airflow_home import AIRFLOW_PYTHON, dap_connection, postgres_connection
 from local_dap.truth import replica_truth
-from tests.support.paths import DAP_PYTHON
+from tests.support.paths import DAP_PYTHON, REPO_ROOT
 
 NS = "canvas"
 
@@ -197,6 +198,49 @@ def test_the_child_dies_with_a_killed_or_timed_out_task(hook, postgres_server, d
         assert not child_command_lines()
     finally:
         holder.close()
+
+
+HOOK_PROCESS = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from cd2.contract import Action, TableJob
+from cd2.hooks.dap import DapHook
+DapHook().run_table_job(TableJob(action=Action.INIT, namespace="canvas", table="accounts"))
+"""
+
+
+def table_lock_is_free(conn) -> bool:
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_try_advisory_lock(1128542804, hashtext('canvas.accounts'))")
+        free = cur.fetchone()[0]
+        if free:
+            cur.execute("SELECT pg_advisory_unlock(1128542804, hashtext('canvas.accounts'))")
+    return free
+
+
+def test_the_child_stops_and_frees_the_table_when_the_task_process_is_sigkilled(
+    hook, dap_emulator, postgres_server, database_url
+):
+    # The watchdog's case: the task process dies without running any handler (OOM killer, or the
+    # supervisor's SIGKILL escalation); its child is then an orphan holding the table's lock.
+    dap_emulator.inject_fault("slow_job", table="accounts", polls=100)
+    task = subprocess.Popen([str(AIRFLOW_PYTHON), "-c", HOOK_PROCESS, str(REPO_ROOT / "plugins")])
+    observer = postgres_server.connect(database_url.rsplit("/", 1)[1])
+    try:
+        deadline = time.monotonic() + 60
+        while table_lock_is_free(observer):  # the child holds the lock while it polls its slow job
+            assert time.monotonic() < deadline and task.poll() is None, "the child never took the lock"
+            time.sleep(0.2)
+        assert child_command_lines()
+        task.kill()
+        task.wait()
+        deadline = time.monotonic() + 20
+        while child_command_lines() or not table_lock_is_free(observer):
+            assert time.monotonic() < deadline, "the orphaned child went on holding the table"
+            time.sleep(0.2)
+    finally:
+        task.kill()
+        observer.close()
 
 
 def test_missing_or_broken_dap_interpreter_fails_saying_so(hook, monkeypatch, tmp_path):
