@@ -40,7 +40,7 @@ def print_summary(label: str, result: DagRunResult, airflow: AirflowEnvironment)
         print(result.output[-3000:])
         return
     counts = facts["counts"]
-    print(", ".join(f"{counts[key]} {key}" for key in ("synced", "initialized", "failed", "skipped")))
+    print(", ".join(f"{count} {outcome}" for outcome, count in counts.items()))
     if facts.get("problem"):
         print(f"Problem: {facts['problem']}")
     for table in facts["tables"]:

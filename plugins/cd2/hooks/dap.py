@@ -73,13 +73,14 @@ class DapHook(BaseHook):
 
     conn_name_attr = "dap_conn_id"
     default_conn_name = "dap_default"
+    default_postgres_conn_name = "cd2_postgres"
     hook_name = "Canvas Data 2 (DAP API)"
 
     def __init__(
         self,
         *,
         dap_conn_id: str = default_conn_name,
-        postgres_conn_id: str = "cd2_postgres",
+        postgres_conn_id: str = default_postgres_conn_name,
         dap_python: str | None = None,
     ) -> None:
         super().__init__()

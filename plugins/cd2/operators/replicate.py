@@ -45,7 +45,7 @@ class _TableOperator(BaseOperator):
         table_label: str,
         config: str | Mapping[str, Any] | None = None,
         dap_conn_id: str = DapHook.default_conn_name,
-        postgres_conn_id: str = "cd2_postgres",
+        postgres_conn_id: str = DapHook.default_postgres_conn_name,
         lock_wait_seconds: float = DEFAULT_LOCK_WAIT_SECONDS,
         **kwargs: Any,
     ) -> None:
