@@ -112,8 +112,9 @@ class EmulatorProcess:
     def bump_schema(
         self, namespace: str, table: str, change: str, column: str | None = None, value: str | None = None
     ) -> dict:
-        """New schema version: ``add_column``, ``drop_column``, ``add_enum_value`` or ``change_type``
-        (int32->int64, float32->float64, varchar(n)->text). Returns the version and what changed."""
+        """New schema version: ``add_column``, ``drop_column``, ``add_enum_value``, ``change_type``
+        (int32->int64, float32->float64, varchar(n)->text) or ``nullable`` (a required column becomes
+        optional). Returns the version and what changed."""
         return self.admin(
             "POST", f"schema/{namespace}/{table}", {"change": change, "column": column, "value": value}
         )
