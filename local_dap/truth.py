@@ -144,7 +144,9 @@ def replica_truth(conn_or_url, namespace: str, table: str, columns: list[str] | 
                         f'(SELECT l."value" FROM {_ident(namespace)}.{_ident(lookup)} l WHERE l."id" = t.{_ident(name)})'
                     )
                 else:
-                    selects.append(f"t.{_ident(name)}::text[]" if element_kind == "e" else f"t.{_ident(name)}")
+                    selects.append(
+                        f"t.{_ident(name)}::text[]" if element_kind == "e" else f"t.{_ident(name)}"
+                    )
                 if udt in ("inet", "cidr"):
                     converters.append(_inet)
                 elif udt in ("json", "jsonb"):

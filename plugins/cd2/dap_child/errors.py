@@ -264,7 +264,7 @@ def classify(error: BaseException, context: str | None = None) -> ChildError:
         context, error = str(error), error.__cause__
     told = _decide(error)
     parts = [context] if context else []
-    parts.append(f"{type(told.cause).__name__}: {describe(told.cause)}")
+    parts.append(describe(told.cause))
     if told.cause is not error and not isinstance(error, QueryException | BaseExceptionGroup):
         parts.append(f"(while: {type(error).__name__}: {describe(error)})")
     statement = next((e.query for e in chain(error) if isinstance(e, QueryException)), None)

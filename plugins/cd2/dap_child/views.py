@@ -57,7 +57,7 @@ WITH RECURSIVE dependents(oid, depth) AS (
                     AND d.classid = 'pg_rewrite'::regclass
     JOIN pg_rewrite r ON r.oid = d.objid AND r.ev_class <> dependents.oid
 )
-SELECT c.oid, n.nspname, c.relname, c.relkind, max(dependents.depth) AS depth,
+SELECT c.oid, n.nspname, c.relname, c.relkind::text AS relkind, max(dependents.depth) AS depth,
        pg_get_viewdef(c.oid) AS definition, c.reloptions, pg_get_userbyid(c.relowner) AS owner,
        obj_description(c.oid, 'pg_class') AS comment
 FROM dependents JOIN pg_class c ON c.oid = dependents.oid JOIN pg_namespace n ON n.oid = c.relnamespace
