@@ -271,8 +271,8 @@ def classify(error: BaseException, context: str | None = None) -> ChildError:
     if statement:
         short = _one_line(statement)
         parts.append(f"statement: {short[:STATEMENT_LIMIT]}{'...' if len(short) > STATEMENT_LIMIT else ''}")
-    parts.append(f"What to do: {told.action}.")
-    message = without_credentials(_one_line(" ".join(parts)))[:MESSAGE_LIMIT]
+    message = f"{'; '.join(parts)}. What to do: {told.action}."
+    message = without_credentials(_one_line(message))[:MESSAGE_LIMIT]
     sqlstate = (
         getattr(told.cause, "sqlstate", None) if isinstance(told.cause, asyncpg.PostgresError) else None
     )

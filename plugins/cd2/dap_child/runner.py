@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 import asyncpg
-from dap.api import DAPClient
+from dap.api import DAPClient, DAPSession
 from dap.dap_error import OutOfRangeError, SnapshotRequiredError
 from dap.dap_types import Credentials
 from dap.integration.database import DatabaseConnection
@@ -184,7 +184,7 @@ async def _sync(
 
 async def _init(
     replicator: SQLReplicator,
-    session: DAPClient,
+    session: DAPSession,
     conn: asyncpg.Connection,
     before: TableState,
     reinit: bool,
