@@ -24,10 +24,16 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import quote
 
 from local_dap.paths import DAP_PYTHON, REPO_ROOT
 from local_dap.processes import stop
 from local_dap.truth import Truth
+
+
+def _path(name: str) -> str:
+    """A table or namespace name as one URL path segment (names may hold spaces, commas, quotes)."""
+    return quote(name, safe="")
 
 
 class EmulatorError(RuntimeError):
@@ -87,12 +93,12 @@ class EmulatorProcess:
 
     def truth(self, namespace: str, table: str) -> Truth:
         """Row count and checksum of the table now; compare with ``truth.replica_truth``."""
-        answer = self.admin("GET", f"truth/{namespace}/{table}")
+        answer = self.admin("GET", f"truth/{_path(namespace)}/{_path(table)}")
         return Truth(answer["count"], answer["checksum"], tuple(answer["columns"]))
 
     def truth_rows(self, namespace: str, table: str) -> list[dict]:
         """The rows of a (small) table now, as JSON values (at most 10,000)."""
-        return self.admin("GET", f"truth/{namespace}/{table}?rows=1")["rows"]
+        return self.admin("GET", f"truth/{_path(namespace)}/{_path(table)}?rows=1")["rows"]
 
     def inject_fault(self, kind: str, endpoint: str | None = None, **options) -> dict:
         """Add a fault rule. ``kind`` is one of ``faults.KINDS``; ``endpoint`` one of ``login``, ``list``,
@@ -112,10 +118,13 @@ class EmulatorProcess:
     def bump_schema(
         self, namespace: str, table: str, change: str, column: str | None = None, value: str | None = None
     ) -> dict:
-        """New schema version: ``add_column``, ``drop_column``, ``add_enum_value`` or ``change_type``
-        (int32->int64, float32->float64, varchar(n)->text). Returns the version and what changed."""
+        """New schema version: ``add_column``, ``drop_column``, ``add_enum_value``, ``change_type``
+        (int32->int64, float32->float64, varchar(n)->text) or ``nullable`` (a required column becomes
+        optional). Returns the version and what changed."""
         return self.admin(
-            "POST", f"schema/{namespace}/{table}", {"change": change, "column": column, "value": value}
+            "POST",
+            f"schema/{_path(namespace)}/{_path(table)}",
+            {"change": change, "column": column, "value": value},
         )
 
     def configure(self, **settings) -> dict:

@@ -91,6 +91,11 @@ class TruthBuilder:
         return Truth(self.count, f"{self.total:016x}", self.columns)
 
 
+def _ident(name: str) -> str:
+    """A quoted PostgreSQL identifier, whatever the name holds (quotes, commas, spaces)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 def _inet(value: object) -> object:
     if value is None:
         return None
@@ -117,7 +122,7 @@ def replica_truth(conn_or_url, namespace: str, table: str, columns: list[str] | 
                 "SELECT a.attname, t.typname, COALESCE(et.typtype, '') FROM pg_attribute a "
                 "JOIN pg_type t ON t.oid = a.atttypid LEFT JOIN pg_type et ON et.oid = t.typelem AND t.typlen = -1 "
                 "WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
-                (f'"{namespace}"."{table}"',),
+                (f"{_ident(namespace)}.{_ident(table)}",),
             )
             described = cur.fetchall()
             if not described:
@@ -136,10 +141,12 @@ def replica_truth(conn_or_url, namespace: str, table: str, columns: list[str] | 
                 lookup = f"{table}__{name}"
                 if lookup in lookups and udt in ("int2", "int4", "int8"):
                     selects.append(
-                        f'(SELECT l."value" FROM "{namespace}"."{lookup}" l WHERE l."id" = t."{name}")'
+                        f'(SELECT l."value" FROM {_ident(namespace)}.{_ident(lookup)} l WHERE l."id" = t.{_ident(name)})'
                     )
                 else:
-                    selects.append(f't."{name}"::text[]' if element_kind == "e" else f't."{name}"')
+                    selects.append(
+                        f"t.{_ident(name)}::text[]" if element_kind == "e" else f"t.{_ident(name)}"
+                    )
                 if udt in ("inet", "cidr"):
                     converters.append(_inet)
                 elif udt in ("json", "jsonb"):
@@ -153,7 +160,7 @@ def replica_truth(conn_or_url, namespace: str, table: str, columns: list[str] | 
             builder = TruthBuilder(names)
             with conn.cursor(name="replica_truth") if conn.autocommit is False else conn.cursor() as rows:
                 rows.itersize = 10_000
-                rows.execute(f'SELECT {select} FROM "{namespace}"."{table}" t')
+                rows.execute(f"SELECT {select} FROM {_ident(namespace)}.{_ident(table)} t")
                 for record in rows:
                     builder.add(
                         {

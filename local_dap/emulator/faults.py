@@ -13,6 +13,7 @@ KINDS = {
     "account_disabled": ENDPOINTS,  # 403 AccountDisabled
     "not_found": ENDPOINTS,  # 404 NotFoundError
     "out_of_range": ("data",),  # 400 OutOfRangeError
+    "snapshot_required": ("data",),  # 400 SnapshotRequiredError (the table was reloaded upstream)
     "malformed_json": ("login", "list", "schema", "data", "job", "url"),  # 200, body is not JSON
     "job_failed": ("data",),  # the job ends ``failed``
     "slow_job": ("data",),  # the job stays waiting/running for ``polls`` polls

@@ -1,4 +1,5 @@
-"""Schema evolution the admin API can apply: add a column, drop a column, add an enum value, change a type."""
+"""Schema evolution the admin API can apply: add or drop a column, add an enum value, change a type, make a
+required column optional (``nullable``: NOT NULL to nullable, as Instructure announced for 40 columns)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import copy
 
 from .schema import Column, TableDef, is_nested_object
 
-CHANGES = ("add_column", "drop_column", "add_enum_value", "change_type")
+CHANGES = ("add_column", "drop_column", "add_enum_value", "change_type", "nullable")
 _PROTECTED = {"workflow_state", "state", "updated_at", "created_at"}
 _WIDER = (
     ({"type": "integer", "format": "int32"}, {"type": "integer", "format": "int64"}),
@@ -66,6 +67,13 @@ def apply_change(table: TableDef, change: str, column: str | None = None, value:
             raise ValueError("no column whose type can be widened (int32, float32, varchar(n))")
         columns[columns.index(target)] = Column(target.name, wider, target.required)
         detail = {"column": target.name, "from": _core(target.node), "to": _core(wider)}
+    elif change == "nullable":
+        candidates = [c for c in columns if c.required]
+        target = _find(columns, column) if column else (candidates[0] if candidates else None)
+        if target is None or not target.required:
+            raise ValueError("no required value column to make optional")
+        columns[columns.index(target)] = Column(target.name, target.node, False)
+        detail = {"column": target.name}
     else:
         raise ValueError(f"unknown schema change {change!r}; known: {CHANGES}")
     return new, {"change": change, "version": new.version, **detail}

@@ -94,6 +94,13 @@ def fault_error(fault: Fault, namespace: str | None, table: str | None) -> ApiEr
             "Data queried outside of the allowed time range (injected).",
             since=format_timestamp(dt.datetime.now(dt.UTC)),
         )
+    if fault.kind == "snapshot_required":
+        return ApiError(
+            400,
+            "SnapshotRequiredError",
+            "The table was reloaded; a new snapshot is required to keep data consistency (injected).",
+            since=format_timestamp(dt.datetime.now(dt.UTC)),
+        )
     return None
 
 

@@ -27,6 +27,8 @@ ENV_RESULT_FD = "CD2_RESULT_FD"
 
 DEFAULT_HOLDER = "cd2_replica"
 DEFAULT_LOCK_WAIT_SECONDS = 300.0
+# A table lock held longer than this is an error, not a busy table (a big init takes hours, not a day).
+DEFAULT_LOCK_HELD_LIMIT_SECONDS = 24 * 3600.0
 # The API allows 5 new jobs a minute.
 DEFAULT_MAX_ACTIVE_TABLES = 5
 
@@ -51,6 +53,7 @@ class Outcome(StrEnum):
     INIT_NEEDED = "init_needed"
     FAILED = "failed"
     SKIPPED = "skipped"
+    BUSY = "busy"  # another run holds the table: not a failure
 
 
 class ErrorCategory(StrEnum):
@@ -58,6 +61,7 @@ class ErrorCategory(StrEnum):
 
     TRANSIENT = "transient"
     PERMANENT = "permanent"
+    UNKNOWN = "unknown"  # unforeseen: retried once, then failed
 
 
 @dataclass(frozen=True)
@@ -226,6 +230,7 @@ class ChildError(_Record):
     category: ErrorCategory
     type: str
     message: str
+    sqlstate: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "category", ErrorCategory(self.category))
@@ -262,6 +267,8 @@ class TableResult(_Record):
     schema_version: int | None = None
     peak_rss_mb: float | None = None
     error: ChildError | None = None
+    # Views on the table that could not be recreated (kept as text in cd2_replica.saved_views).
+    views_needing_person: list[str] | None = None
 
     _nested: ClassVar[dict[str, type[_Record]]] = {"error": ChildError}
 

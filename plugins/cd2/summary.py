@@ -17,6 +17,8 @@ from cd2.contract import Outcome, TableResult
 
 # What a table's line in the notification can say, in the order the counts are told.
 OUTCOMES = (Outcome.SYNCED, Outcome.INITIALIZED, Outcome.FAILED, Outcome.SKIPPED)
+# Told only when some table had them.
+OCCASIONAL_OUTCOMES = (Outcome.BUSY,)
 SUBJECT_LIMIT = 100  # SNS refuses longer subjects
 
 
@@ -30,6 +32,7 @@ class TableSummary:
     rows: int | None = None
     watermark: str | None = None
     error: str | None = None
+    note: str | None = None  # busy: who holds the table; views that need a person
 
 
 @dataclass(frozen=True)
@@ -54,9 +57,14 @@ def summarize_table(label: str, sync: TableResult | None, init: TableResult | No
     """One table's line from its sync and init records (either may be missing: the task did not run)."""
     if sync is None:
         return TableSummary(label, Outcome.SKIPPED, error="sync did not run")
-    if sync.outcome is Outcome.FAILED:
-        return _summary(label, Outcome.FAILED, sync, sync)
-    if init is not None and init.outcome in (Outcome.FAILED, Outcome.INITIALIZED, Outcome.SYNCED):
+    if sync.outcome in (Outcome.FAILED, Outcome.BUSY):
+        return _summary(label, sync.outcome, sync, sync)
+    if init is not None and init.outcome in (
+        Outcome.FAILED,
+        Outcome.INITIALIZED,
+        Outcome.SYNCED,
+        Outcome.BUSY,
+    ):
         return _summary(label, init.outcome, init, sync, init)
     if sync.outcome is Outcome.INIT_NEEDED:
         return TableSummary(label, Outcome.FAILED, sync.duration_seconds, error="init needed but did not run")
@@ -73,7 +81,15 @@ def _summary(label: str, outcome: Outcome, last: TableResult, *parts: TableResul
         rows=last.rows,
         watermark=last.watermark_after or last.watermark_before,
         error=first_line(error),
+        note=_note(last),
     )
+
+
+def _note(record: TableResult) -> str | None:
+    notes = [f"busy: {record.reason}"] if record.outcome is Outcome.BUSY else []
+    if record.views_needing_person:
+        notes.append("views needing a person: " + "; ".join(record.views_needing_person))
+    return " | ".join(notes) or None
 
 
 def _lag_seconds(watermark: str | None, now: datetime) -> float | None:
@@ -110,7 +126,8 @@ def compose(
     counts = Counter(s.outcome for s in summaries)
     lags = [lag for s in summaries if (lag := _lag_seconds(s.watermark, now)) is not None]
     max_lag = max(lags) if lags else None
-    count_text = ", ".join(f"{counts[o]} {o}" for o in OUTCOMES)
+    told = OUTCOMES + tuple(o for o in OCCASIONAL_OUTCOMES if counts[o])
+    count_text = ", ".join(f"{counts[o]} {o}" for o in told)
     if problem:
         subject = f"{dag_id}: FAILED before any table ran"
     elif not summaries:
@@ -127,11 +144,12 @@ def compose(
     for s in summaries:
         rows = f", {s.rows} rows" if s.rows is not None else ""
         error = f": {s.error}" if s.error else ""
+        error += f" ({s.note})" if s.note else ""
         lines.append(f"{s.table}: {s.outcome} in {_duration(s.duration_seconds)}{rows}{error}")
     facts = {
         "dag_id": dag_id,
         "run_id": run_id,
-        "counts": {o: counts[o] for o in OUTCOMES},
+        "counts": {o: counts[o] for o in told},
         "max_lag_seconds": round(max_lag, 1) if max_lag is not None else None,
         "problem": first_line(problem),
         "tables": [asdict(s) for s in summaries],

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from datetime import datetime
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import asyncpg
@@ -78,3 +79,18 @@ async def take_slot(conn: asyncpg.Connection, max_active: int) -> int:
             logger.info("%d tables already being worked on (max_active_tables); waiting", max_active)
             announced = True
         await asyncio.sleep(POLL_SECONDS)
+
+
+async def table_lock_holding(conn: asyncpg.Connection, label: str) -> tuple[str | None, datetime | None]:
+    """Who holds table ``label``'s lock (``application_name``) and since when (its session's start)."""
+    row = await conn.fetchrow(
+        """
+        SELECT a.application_name, a.backend_start
+        FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+        WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+          AND l.classid::bigint = $1 AND l.objid::bigint = hashtext($2)::bigint & 4294967295
+        """,
+        TABLE_LOCK_CLASS,
+        label,
+    )
+    return (row["application_name"], row["backend_start"]) if row else (None, None)

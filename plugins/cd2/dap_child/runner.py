@@ -18,16 +18,18 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 import asyncpg
-from dap.api import DAPClient
+from dap.api import DAPClient, DAPSession
 from dap.dap_error import OutOfRangeError, SnapshotRequiredError
 from dap.dap_types import Credentials
 from dap.integration.database import DatabaseConnection
-from dap.replicator.sql import SQLDrop, SQLReplicator
+from dap.replicator.sql import SQLReplicator
 
 from cd2 import contract
 from cd2.contract import Action, ListJob, ListResult, Outcome, TableJob, TableRef, TableResult
-from cd2.dap_child import locks
-from cd2.dap_child.errors import DapEnvironmentError, classify
+from cd2.dap_child import locks, staging, views
+from cd2.dap_child.ddl_guard import views_kept_around_ddl
+from cd2.dap_child.errors import DapEnvironmentError, LockHeldTooLong, LockTimeout, PreviousCopyKept, classify
+from cd2.dap_child.quoting import quote_ident
 
 logger = logging.getLogger("cd2.dap_child")
 PARENT_POLL_SECONDS = 2.0
@@ -41,10 +43,6 @@ class TableState:
     table_exists: bool
     watermark: datetime | None = None
     schema_version: int | None = None
-
-
-def quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 async def read_table_state(conn: asyncpg.Connection, namespace: str, table: str) -> TableState:
@@ -123,17 +121,23 @@ async def replicate_table(job: TableJob) -> TableResult:
     logging.getLogger("dap").addHandler(counter)
     lock_conn = await locks.connect_as(url, job.holder)
     try:
-        await locks.lock_table(lock_conn, ref.label, job.lock_wait_seconds)
+        try:
+            await locks.lock_table(lock_conn, ref.label, job.lock_wait_seconds)
+        except LockTimeout:
+            return await _busy(lock_conn, ref, time.monotonic() - started)
         await locks.take_slot(lock_conn, job.max_active_tables)
         async with _client() as session:
             replicator = SQLReplicator(session, DatabaseConnection(url))
             await replicator.version_upgrade()
+            # Views saved by a run that died between saving and recreating them.
+            await views.restore(lock_conn, ref)
             before = await read_table_state(lock_conn, ref.namespace, ref.name)
             if job.action is Action.SYNC:
-                done = await _sync(replicator, before, ref)
+                done = await _sync(replicator, lock_conn, before, ref)
             else:
-                done = await _init(replicator, lock_conn, before, job.reinit, url, ref)
+                done = await _init(replicator, session, lock_conn, before, job.reinit, url, ref)
             after = await read_table_state(lock_conn, ref.namespace, ref.name)
+            needing = await views.needing_person(lock_conn, ref)
     finally:
         await lock_conn.close()
     return TableResult(
@@ -146,15 +150,32 @@ async def replicate_table(job: TableJob) -> TableResult:
         watermark_before=_iso(before.watermark),
         watermark_after=_iso(after.watermark),
         schema_version=after.schema_version,
+        views_needing_person=needing or None,
     )
 
 
-async def _sync(replicator: SQLReplicator, before: TableState, ref: TableRef) -> _Done:
+async def _busy(conn: asyncpg.Connection, ref: TableRef, waited: float) -> TableResult:
+    """Another run holds the table: ``busy``, unless it has held it past the bound (then an error)."""
+    holder, since = await locks.table_lock_holding(conn, ref.label)
+    held = (datetime.now(since.tzinfo) - since).total_seconds() if since else 0.0
+    who = f"{holder or 'another session'} since {since.isoformat() if since else 'an unknown time'}"
+    if held > contract.DEFAULT_LOCK_HELD_LIMIT_SECONDS:
+        raise LockHeldTooLong(f"{ref.label} has been locked by {who} ({held / 3600:.1f} h)")
+    logger.info("%s is busy: being worked on by %s; not touched this time", ref.label, who)
+    return TableResult(
+        label=ref.label, outcome=Outcome.BUSY, reason=f"worked on by {who}", duration_seconds=round(waited, 3)
+    )
+
+
+async def _sync(
+    replicator: SQLReplicator, conn: asyncpg.Connection, before: TableState, ref: TableRef
+) -> _Done:
     if not before.initialized:
         logger.info("%s is not initialized (no instructure_dap.table_sync row): init needed", ref.label)
         return _Done(Outcome.INIT_NEEDED, reason="not initialized")
     try:
-        await replicator.synchronize(ref.namespace, ref.name)
+        async with views_kept_around_ddl(conn, ref):
+            await replicator.synchronize(ref.namespace, ref.name)
     except (OutOfRangeError, SnapshotRequiredError) as error:
         logger.info("%s: the API needs a fresh snapshot (%s): init needed", ref.label, error.message)
         return _Done(Outcome.INIT_NEEDED, reason="watermark too old", reinit=True)
@@ -163,27 +184,50 @@ async def _sync(replicator: SQLReplicator, before: TableState, ref: TableRef) ->
 
 async def _init(
     replicator: SQLReplicator,
+    session: DAPSession,
     conn: asyncpg.Connection,
     before: TableState,
     reinit: bool,
     url: str,
     ref: TableRef,
 ) -> _Done:
+    """Initialize into a stage beside the live table, then swap it in (see :mod:`staging`)."""
     if before.initialized and not reinit:
         # Initialized since the sync looked (e.g. this init re-run after it succeeded): bring it current.
         logger.info("%s is already initialized; synchronizing instead", ref.label)
-        await replicator.synchronize(ref.namespace, ref.name)
+        async with views_kept_around_ddl(conn, ref):
+            await replicator.synchronize(ref.namespace, ref.name)
         return _Done(Outcome.SYNCED)
-    if before.initialized:
-        logger.info("%s: dropping the replica table for re-initialization", ref.label)
-        await SQLDrop(DatabaseConnection(url)).drop(ref.namespace, ref.name)
-    elif before.table_exists:
+    if before.table_exists and not before.initialized:
         logger.warning(
-            "%s: dropping a half-initialized leftover (table present, no table_sync row)", ref.label
+            "%s: a half-initialized leftover (no table_sync row) is replaced once the new copy is complete",
+            ref.label,
         )
-        await conn.execute(f"DROP TABLE {quote_ident(ref.namespace)}.{quote_ident(ref.name)}")
-    await replicator.initialize(ref.namespace, ref.name)
+    stage = staging.Stage.of(ref)
+    await staging.drop_stage(conn, stage)
+    logger.info(
+        "%s: initializing into %s; the live table stays as it is until the swap", ref.label, stage.data
+    )
+    try:
+        staged = SQLReplicator(session, staging.staging_connection(url, ref, stage))
+        await staged.initialize(ref.namespace, ref.name)
+        await staging.swap_in(conn, ref, stage)
+    except Exception as error:
+        await _drop_stage_quietly(conn, stage)
+        if before.table_exists:
+            raise PreviousCopyKept(
+                f"{'re-' if before.initialized else ''}initialization of {ref.label} failed; the previous "
+                "copy, its rows and its table_sync row are unchanged"
+            ) from error
+        raise
     return _Done(Outcome.INITIALIZED, reinit=before.initialized)
+
+
+async def _drop_stage_quietly(conn: asyncpg.Connection, stage: staging.Stage) -> None:
+    try:
+        await staging.drop_stage(conn, stage)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+        logger.warning("could not drop the stage %s yet (%s); the next attempt drops it", stage.data, error)
 
 
 async def _exit_when_orphaned() -> None:

@@ -270,7 +270,7 @@ class DapHook(BaseHook):
         if result.error is None:
             return result
         error = replace(result.error, message=self.without_secrets(result.error.message))
-        if error.category is ErrorCategory.TRANSIENT:
+        if error.category in (ErrorCategory.TRANSIENT, ErrorCategory.UNKNOWN):
             raise DapTransientError(error)
         raise DapPermanentError(error)
 

@@ -74,7 +74,13 @@ class _TableOperator(BaseOperator):
                 lock_wait_seconds=self.lock_wait_seconds,
                 max_active_tables=config.max_active_tables,
             )
-            result = self.run_job(self.hook, job)
+            try:
+                result = self.run_job(self.hook, job)
+            except DapTransientError as error:
+                if error.error.category is ErrorCategory.UNKNOWN and context["ti"].try_number > 1:
+                    # An unforeseen error gets one retry, not all of them.
+                    raise DapPermanentError(error.error) from error
+                raise
         except AirflowSkipException as skip:
             self._push(context, TableResult(self.table_label, Outcome.SKIPPED, reason=str(skip)))
             raise

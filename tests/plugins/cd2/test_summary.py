@@ -61,3 +61,22 @@ def test_nothing_to_do_and_early_problem_are_said():
         [], dag_id="cd2_replica", run_id="r", now=NOW, problem="param 'tables': 'x' matches no table"
     )
     assert "FAILED" in broken.subject and "'x' matches no table" in broken.text
+
+
+def test_a_busy_table_and_views_needing_a_person_are_told_but_not_failed():
+    busy = TableResult(
+        "canvas.d",
+        Outcome.BUSY,
+        reason="worked on by cd2_replica scheduled__x since 2026-01-01T06:00:00+00:00",
+    )
+    views = TableResult("canvas.a", Outcome.SYNCED, duration_seconds=2.0,
+                        views_needing_person=["reports.v_x (saved in cd2_replica.saved_views: column gone)"])  # fmt: skip
+    summaries = [summarize_table("canvas.d", busy, None), summarize_table("canvas.a", views, None)]
+    assert [s.outcome for s in summaries] == ["busy", "synced"]
+    note = compose(summaries, dag_id="cd2_replica", run_id="manual__x", now=NOW)
+    assert note.subject == "cd2_replica: 1 synced, 0 initialized, 0 failed, 0 skipped, 1 busy"
+    assert (
+        "canvas.d: busy in - (busy: worked on by cd2_replica scheduled__x since 2026-01-01T06:00" in note.text
+    )
+    assert "canvas.a: synced in 2s (views needing a person: reports.v_x (saved in" in note.text
+    assert note.facts["counts"]["busy"] == 1 and note.facts["counts"]["failed"] == 0
