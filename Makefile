@@ -45,8 +45,10 @@ venvs: $(AIRFLOW_VENV)/.installed $(VENV)/dap/.installed $(VENV)/tools/.installe
 check-python:
 	@test -n "$(PYTHON312)" || { scripts/find-python312; exit 1; }
 
-check-postgres: $(AIRFLOW_VENV)/.installed
-	@$(AIRFLOW_PY) -c "from local_dap.postgres import find_pg_bindir; find_pg_bindir()"
+# The PostgreSQL the tests and `make run` start: the tools venv's server wheel unless CD2_POSTGRES=system
+# or CD2_PG_BINDIR says otherwise (local_dap/postgres.py); CD2_TEST_DATABASE_URL names a server instead.
+check-postgres: $(AIRFLOW_VENV)/.installed $(VENV)/tools/.installed
+	@$(AIRFLOW_PY) -c "from local_dap.postgres import describe_choice; print('PostgreSQL:', describe_choice())"
 
 # The Airflow environment: MWAA's image package set from its lock, installed without resolution.
 # psycopg2 is left out locally: it is the image's source build of the module psycopg2-binary also
