@@ -29,6 +29,8 @@ DEFAULT_HOLDER = "cd2_replica"
 DEFAULT_LOCK_WAIT_SECONDS = 300.0
 # The API allows 5 new jobs a minute.
 DEFAULT_MAX_ACTIVE_TABLES = 5
+# The oldest target server Instructure supports for the client (16.3); the client itself does not check.
+MIN_SERVER_VERSION_NUM = 160003
 
 
 class ContractError(ValueError):
@@ -262,6 +264,7 @@ class TableResult(_Record):
     schema_version: int | None = None
     peak_rss_mb: float | None = None
     error: ChildError | None = None
+    server_warning: str | None = None  # the target server is older than MIN_SERVER_VERSION_NUM
 
     _nested: ClassVar[dict[str, type[_Record]]] = {"error": ChildError}
 

@@ -26,7 +26,7 @@ from dap.replicator.sql import SQLDrop, SQLReplicator
 
 from cd2 import contract
 from cd2.contract import Action, ListJob, ListResult, Outcome, TableJob, TableRef, TableResult
-from cd2.dap_child import locks
+from cd2.dap_child import locks, server_version
 from cd2.dap_child.errors import DapEnvironmentError, classify
 
 logger = logging.getLogger("cd2.dap_child")
@@ -123,6 +123,7 @@ async def replicate_table(job: TableJob) -> TableResult:
     logging.getLogger("dap").addHandler(counter)
     lock_conn = await locks.connect_as(url, job.holder)
     try:
+        await server_version.check(lock_conn)
         await locks.lock_table(lock_conn, ref.label, job.lock_wait_seconds)
         await locks.take_slot(lock_conn, job.max_active_tables)
         async with _client() as session:
@@ -146,6 +147,7 @@ async def replicate_table(job: TableJob) -> TableResult:
         watermark_before=_iso(before.watermark),
         watermark_after=_iso(after.watermark),
         schema_version=after.schema_version,
+        server_warning=server_version.found,
     )
 
 
@@ -240,7 +242,12 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(job, ListJob):
             result = ListResult(tables={}, error=classified)
         else:
-            result = TableResult(label=job.ref.label, outcome=Outcome.FAILED, error=classified)
+            result = TableResult(
+                label=job.ref.label,
+                outcome=Outcome.FAILED,
+                error=classified,
+                server_warning=server_version.found,
+            )
         code = 1
     logger.info("peak memory %s MB", peak := peak_rss_mb())
     write_result(replace(result, peak_rss_mb=peak))

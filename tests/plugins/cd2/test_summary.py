@@ -61,3 +61,17 @@ def test_nothing_to_do_and_early_problem_are_said():
         [], dag_id="cd2_replica", run_id="r", now=NOW, problem="param 'tables': 'x' matches no table"
     )
     assert "FAILED" in broken.subject and "'x' matches no table" in broken.text
+
+
+def test_a_server_warning_reaches_the_text_and_facts_once():
+    warning = "The target PostgreSQL server is version 15.18, older than 16.3"
+    old = [
+        summarize_table(label, TableResult(label, Outcome.SYNCED, server_warning=warning), None)
+        for label in ("canvas.a", "canvas.b")
+    ]
+    note = compose(old, dag_id="cd2_replica", run_id="r", now=NOW)
+    assert note.text.count(f"Warning: {warning}") == 1
+    assert note.facts["warnings"] == [warning]
+    assert [t["warning"] for t in note.facts["tables"]] == [warning, warning]
+    current = summarize_table("canvas.a", TableResult("canvas.a", Outcome.SYNCED), None)
+    assert compose([current], dag_id="d", run_id="r", now=NOW).facts["warnings"] == []
