@@ -8,8 +8,8 @@ import shutil
 
 from local_dap.control import start_emulator
 from local_dap.truth import replica_truth
+from tests.local_dap.emulator.conftest import run_dap
 from tests.support.paths import SHARED_DIR
-from tests.test_dap_emulator.conftest import run_dap
 
 
 def test_snapshot_and_incremental_commands_write_jsonl_and_csv(emulator, tmp_path):

@@ -14,7 +14,7 @@ import pytest
 
 from local_dap.control import start_emulator
 from local_dap.truth import replica_truth
-from tests.test_dap_emulator.conftest import run_dap, run_library
+from tests.local_dap.emulator.conftest import run_dap, run_library
 
 NS, TABLE = "canvas", "users"
 

@@ -20,8 +20,8 @@ import pytest
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+from tests.local_dap.emulator.conftest import run_dap
 from tests.support.paths import SHARED_DIR
-from tests.test_dap_emulator.conftest import run_dap
 
 OPENAPI = SHARED_DIR / "cd2" / "openapi-dap-1.0.0.json"
 LOGIN_SCHEMA = {

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from local_dap.emulator.builtin import builtin_tables
 from local_dap.truth import replica_truth
-from tests.test_dap_emulator.conftest import run_dap, run_library
+from tests.local_dap.emulator.conftest import run_dap, run_library
 
 BUILTIN = {}
 for _t in builtin_tables():

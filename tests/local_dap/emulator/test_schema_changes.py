@@ -11,7 +11,7 @@ import pytest
 
 from local_dap.control import start_emulator
 from local_dap.truth import replica_truth
-from tests.test_dap_emulator.conftest import run_dap
+from tests.local_dap.emulator.conftest import run_dap
 
 CHANGES = {
     "add_column": ("accounts", None),
