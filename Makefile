@@ -16,12 +16,17 @@ TOOLS_BIN := $(VENV)/tools/bin
 export CD2_DAP_PYTHON := $(abspath $(DAP_PY))
 export CD2_TOOLS_BIN := $(abspath $(TOOLS_BIN))
 
-.PHONY: help run test lint test-airflow-3.2.1 venvs lock bundle deploy clean check-python check-postgres
+# The tests CI also runs on a second PostgreSQL major (test-postgres): DAG level, faults, version warning.
+POSTGRES_TESTS ?= tests/dags tests/local_dap/emulator/test_faults.py tests/local_dap/test_postgres.py \
+	tests/plugins/cd2/dap_child/test_server_version.py tests/plugins/cd2/dap_child/test_fault_matrix.py
+
+.PHONY: help run test lint test-airflow-3.2.1 test-postgres venvs lock bundle deploy clean check-python check-postgres
 
 help:
 	@echo "make run                 run the cd2_replica DAG locally (throwaway PostgreSQL + DAP emulator)"
 	@echo "make test                the whole test suite, lint included (Airflow $(AIRFLOW_VERSION))"
 	@echo "make test-airflow-3.2.1  the DAG-level tests on MWAA's Airflow 3.2.1 environment"
+	@echo "CD2_PG_BINDIR=DIR make test-postgres  the DAG-level and fault tests on the server binaries in DIR"
 	@echo "make lock                regenerate locks/ from $(SHARED)/mwaa and PyPI"
 	@echo "make bundle              write dist/ for MWAA"
 	@echo "make deploy DEPLOY_ARGS=...  bundle, upload, deploy on AWS (docs/deploy.md)"
@@ -40,13 +45,18 @@ test-airflow-3.2.1:
 	$(MAKE) AIRFLOW_VERSION=3.2.1 venvs check-postgres
 	$(VENV)/airflow-3.2.1/bin/python -m pytest tests/dags
 
+test-postgres: venvs check-postgres
+	$(AIRFLOW_PY) -m pytest -v $(POSTGRES_TESTS)
+
 venvs: $(AIRFLOW_VENV)/.installed $(VENV)/dap/.installed $(VENV)/tools/.installed
 
 check-python:
 	@test -n "$(PYTHON312)" || { scripts/find-python312; exit 1; }
 
-check-postgres: $(AIRFLOW_VENV)/.installed
-	@$(AIRFLOW_PY) -c "from local_dap.postgres import find_pg_bindir; find_pg_bindir()"
+# The PostgreSQL the tests and `make run` start: the tools venv's server wheel unless CD2_POSTGRES=system
+# or CD2_PG_BINDIR says otherwise (local_dap/postgres.py); CD2_TEST_DATABASE_URL names a server instead.
+check-postgres: $(AIRFLOW_VENV)/.installed $(VENV)/tools/.installed
+	@$(AIRFLOW_PY) -c "from local_dap.postgres import describe_choice; print('PostgreSQL:', describe_choice())"
 
 # The Airflow environment: MWAA's image package set from its lock, installed without resolution.
 # psycopg2 is left out locally: it is the image's source build of the module psycopg2-binary also

@@ -11,3 +11,5 @@ VENV_DIR = REPO_ROOT / ".venv"
 # The DAP environment's interpreter: what the Makefile (and MWAA's startup script) export.
 DAP_PYTHON = Path(os.environ.get("CD2_DAP_PYTHON", VENV_DIR / "dap" / "bin" / "python"))
 DAP_BIN = DAP_PYTHON.parent
+# The test tools' environment (locks/tools.txt), which holds the PostgreSQL server wheel.
+TOOLS_BIN = Path(os.environ.get("CD2_TOOLS_BIN", VENV_DIR / "tools" / "bin"))

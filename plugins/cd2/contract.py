@@ -31,6 +31,8 @@ DEFAULT_LOCK_WAIT_SECONDS = 300.0
 DEFAULT_LOCK_HELD_LIMIT_SECONDS = 24 * 3600.0
 # The API allows 5 new jobs a minute.
 DEFAULT_MAX_ACTIVE_TABLES = 5
+# The oldest target server Instructure supports for the client (16.3); the client itself does not check.
+MIN_SERVER_VERSION_NUM = 160003
 
 
 class ContractError(ValueError):
@@ -269,6 +271,7 @@ class TableResult(_Record):
     error: ChildError | None = None
     # Views on the table that could not be recreated (kept as text in cd2_replica.saved_views).
     views_needing_person: list[str] | None = None
+    server_warning: str | None = None  # the target server is older than MIN_SERVER_VERSION_NUM
 
     _nested: ClassVar[dict[str, type[_Record]]] = {"error": ChildError}
 

@@ -33,6 +33,7 @@ class TableSummary:
     watermark: str | None = None
     error: str | None = None
     note: str | None = None  # busy: who holds the table; views that need a person
+    warning: str | None = None  # e.g. the target server is older than Instructure supports
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,13 @@ def summarize_table(label: str, sync: TableResult | None, init: TableResult | No
     ):
         return _summary(label, init.outcome, init, sync, init)
     if sync.outcome is Outcome.INIT_NEEDED:
-        return TableSummary(label, Outcome.FAILED, sync.duration_seconds, error="init needed but did not run")
+        return TableSummary(
+            label,
+            Outcome.FAILED,
+            sync.duration_seconds,
+            error="init needed but did not run",
+            warning=sync.server_warning,
+        )
     return _summary(label, Outcome.SYNCED, sync, sync)
 
 
@@ -82,6 +89,7 @@ def _summary(label: str, outcome: Outcome, last: TableResult, *parts: TableResul
         watermark=last.watermark_after or last.watermark_before,
         error=first_line(error),
         note=_note(last),
+        warning=next((p.server_warning for p in parts if p.server_warning), None),
     )
 
 
@@ -140,6 +148,8 @@ def compose(
     elif not summaries:
         lines.append("No table matched the configuration and params: nothing to do.")
     lines.append(f"Largest data lag: {_duration(max_lag)}" if max_lag is not None else "Largest data lag: -")
+    warnings = sorted({s.warning for s in summaries if s.warning})
+    lines += [f"Warning: {warning}" for warning in warnings]
     lines.append("")
     for s in summaries:
         rows = f", {s.rows} rows" if s.rows is not None else ""
@@ -152,6 +162,7 @@ def compose(
         "counts": {o: counts[o] for o in told},
         "max_lag_seconds": round(max_lag, 1) if max_lag is not None else None,
         "problem": first_line(problem),
+        "warnings": warnings,
         "tables": [asdict(s) for s in summaries],
     }
     return Notification(subject[:SUBJECT_LIMIT], "\n".join(lines) + "\n", facts)

@@ -169,3 +169,20 @@ def test_nothing_to_do_is_a_successful_run_that_says_so(replica):
     assert replica.airflow.xcom(result.run_id, "list_tables") == []
     assert note["Subject"] == "cd2_replica: nothing to do"
     assert note["facts"]["tables"] == []
+
+
+def test_a_target_server_older_than_16_3_is_warned_about_in_the_task_log_and_notification(replica):
+    """Against the session's server: a warning on one older than 16.3 (CI's pass on PostgreSQL 15), none
+    on a supported one (the wheel's)."""
+    result, note = replica.run(config={"include": ["accounts"]})
+    assert result.state == "success"
+    version = replica.server.server_version
+    expected = f"The target PostgreSQL server is version {version}, older than 16.3"
+    logged = result.output + replica.airflow.task_logs(result.run_id)
+    if replica.server.server_version_num < 160003:
+        assert f"[dap] WARNING cd2.dap_child: {expected}" in logged
+        assert [w.startswith(expected) for w in note["facts"]["warnings"]] == [True]  # the SNS facts
+        assert note["facts"]["tables"][0]["warning"].startswith(expected)
+    else:
+        assert "older than 16.3" not in logged
+        assert note["facts"]["warnings"] == [] and note["facts"]["tables"][0]["warning"] is None

@@ -26,7 +26,7 @@ from dap.replicator.sql import SQLReplicator
 
 from cd2 import contract
 from cd2.contract import Action, ListJob, ListResult, Outcome, TableJob, TableRef, TableResult
-from cd2.dap_child import locks, staging, views
+from cd2.dap_child import locks, server_version, staging, views
 from cd2.dap_child.ddl_guard import views_kept_around_ddl
 from cd2.dap_child.errors import DapEnvironmentError, LockHeldTooLong, LockTimeout, PreviousCopyKept, classify
 from cd2.dap_child.quoting import quote_ident
@@ -121,6 +121,7 @@ async def replicate_table(job: TableJob) -> TableResult:
     logging.getLogger("dap").addHandler(counter)
     lock_conn = await locks.connect_as(url, job.holder)
     try:
+        await server_version.check(lock_conn)
         try:
             await locks.lock_table(lock_conn, ref.label, job.lock_wait_seconds)
         except LockTimeout:
@@ -151,6 +152,7 @@ async def replicate_table(job: TableJob) -> TableResult:
         watermark_after=_iso(after.watermark),
         schema_version=after.schema_version,
         views_needing_person=needing or None,
+        server_warning=server_version.found,
     )
 
 
@@ -163,7 +165,11 @@ async def _busy(conn: asyncpg.Connection, ref: TableRef, waited: float) -> Table
         raise LockHeldTooLong(f"{ref.label} has been locked by {who} ({held / 3600:.1f} h)")
     logger.info("%s is busy: being worked on by %s; not touched this time", ref.label, who)
     return TableResult(
-        label=ref.label, outcome=Outcome.BUSY, reason=f"worked on by {who}", duration_seconds=round(waited, 3)
+        label=ref.label,
+        outcome=Outcome.BUSY,
+        reason=f"worked on by {who}",
+        duration_seconds=round(waited, 3),
+        server_warning=server_version.found,
     )
 
 
@@ -284,7 +290,12 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(job, ListJob):
             result = ListResult(tables={}, error=classified)
         else:
-            result = TableResult(label=job.ref.label, outcome=Outcome.FAILED, error=classified)
+            result = TableResult(
+                label=job.ref.label,
+                outcome=Outcome.FAILED,
+                error=classified,
+                server_warning=server_version.found,
+            )
         code = 1
     logger.info("peak memory %s MB", peak := peak_rss_mb())
     write_result(replace(result, peak_rss_mb=peak))

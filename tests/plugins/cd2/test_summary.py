@@ -80,3 +80,17 @@ def test_a_busy_table_and_views_needing_a_person_are_told_but_not_failed():
     )
     assert "canvas.a: synced in 2s (views needing a person: reports.v_x (saved in" in note.text
     assert note.facts["counts"]["busy"] == 1 and note.facts["counts"]["failed"] == 0
+
+
+def test_a_server_warning_reaches_the_text_and_facts_once():
+    warning = "The target PostgreSQL server is version 15.18, older than 16.3"
+    old = [
+        summarize_table(label, TableResult(label, Outcome.SYNCED, server_warning=warning), None)
+        for label in ("canvas.a", "canvas.b")
+    ]
+    note = compose(old, dag_id="cd2_replica", run_id="r", now=NOW)
+    assert note.text.count(f"Warning: {warning}") == 1
+    assert note.facts["warnings"] == [warning]
+    assert [t["warning"] for t in note.facts["tables"]] == [warning, warning]
+    current = summarize_table("canvas.a", TableResult("canvas.a", Outcome.SYNCED), None)
+    assert compose([current], dag_id="d", run_id="r", now=NOW).facts["warnings"] == []
