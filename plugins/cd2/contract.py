@@ -29,6 +29,8 @@ DEFAULT_HOLDER = "cd2_replica"
 DEFAULT_LOCK_WAIT_SECONDS = 300.0
 # The API allows 5 new jobs a minute.
 DEFAULT_MAX_ACTIVE_TABLES = 5
+# A table whose watermark is older than this is stale (DAP refreshes every 4 hours: three missed refreshes).
+DEFAULT_FRESHNESS_HOURS = 12.0
 
 
 class ContractError(ValueError):
