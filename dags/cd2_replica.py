@@ -5,9 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from airflow.configuration import conf
-from airflow.sdk import Param, dag, task, task_group
-from airflow.sdk.exceptions import AirflowException
+from airflow.sdk import AssetAlias, Param, dag, task, task_group
+from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 
+from cd2.assets import TABLES_ALIAS
+from cd2.contract import Outcome
 from cd2.operators.list_tables import ListTablesOperator
 from cd2.operators.notify import NotifyRunOperator
 from cd2.operators.replicate import TABLE_LABEL_CONTEXT_KEY, InitTableOperator, SyncTableOperator
@@ -29,8 +31,10 @@ run fail when a table failed, after the notification went out.
 * Connections: `dap_default` (host = API URL, login = client id, password = client secret),
   `cd2_postgres` (target database; extra `sslmode`), `aws_default` (SNS).
 * Variable `cd2_config` (JSON, all keys optional): `namespaces`, `include`, `exclude`,
-  `sns_topic_arn`, `max_active_tables`.
+  `sns_topic_arn`, `max_active_tables`, `freshness_hours` (a number, or `{"default": 12, "ns.table": 48}`).
 * Params: `tables` (only these), `force_reinit` (drop and re-initialize these).
+* Assets: a table task that changed its table emits an event for `postgres://host:port/db/ns/table`
+  through the asset alias `cd2_replica_tables` (see `cd2.assets`).
 * Schedule: Airflow configuration option `[cd2] schedule` (default every 4 hours; empty: manual only).
 """
 
@@ -70,6 +74,7 @@ def cd2_replica():
             force_reinit="{{ params.force_reinit }}",
             map_index_template="{{ " + TABLE_LABEL_CONTEXT_KEY + " }}",
             execution_timeout=timedelta(hours=2),
+            outlets=[AssetAlias(TABLES_ALIAS)],
         )
         InitTableOperator(
             task_id="init",
@@ -78,6 +83,7 @@ def cd2_replica():
             sync_result=sync.output,
             map_index_template="{{ " + TABLE_LABEL_CONTEXT_KEY + " }}",
             execution_timeout=timedelta(hours=6),
+            outlets=[AssetAlias(TABLES_ALIAS)],
         )
 
     tables = replicate.expand(label=listed.output)
@@ -91,10 +97,16 @@ def cd2_replica():
         retries=1,
     )
 
-    @task(trigger_rule="one_failed", retries=0)
-    def fail_if_any_table_failed():
-        """Watcher: the notify task succeeds whatever happened, so this makes the run's state tell."""
-        raise AirflowException("At least one task failed; the notification lists which and why")
+    # all_done, not one_failed: one_failed fires on the first failed table, before notify has run.
+    @task(trigger_rule="all_done", retries=0)
+    def fail_if_any_table_failed(**context):
+        """Watcher: notify succeeds whatever happened; after it, this fails the run if anything failed."""
+        facts = context["ti"].xcom_pull(task_ids="notify")
+        if not facts:
+            raise AirflowException("notify produced no summary (see its log)")
+        if facts["problem"] or facts["counts"][Outcome.FAILED]:
+            raise AirflowException("At least one task failed; the notification lists which and why")
+        raise AirflowSkipException("No table failed")
 
     tables >> notify
     [listed, tables, notify] >> fail_if_any_table_failed()

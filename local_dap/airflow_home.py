@@ -181,6 +181,26 @@ class AirflowEnvironment:
         )
         return [TaskInstanceRow(*row) for row in rows]
 
+    def task_times(self, run_id: str) -> dict[tuple[str, int], tuple[str | None, str | None]]:
+        """``{(task_id, map_index): (start_date, end_date)}`` of the run's task instances (ISO text)."""
+        rows = self._query(
+            "SELECT task_id, map_index, start_date, end_date FROM task_instance WHERE dag_id = ? AND run_id = ?",
+            DAG_ID,
+            run_id,
+        )
+        return {(task_id, index): (start, end) for task_id, index, start, end in rows}
+
+    def asset_events(self, run_id: str) -> list[tuple[str, str, dict]]:
+        """``(asset uri, source task_id, extra)`` of every asset event the run's tasks emitted."""
+        rows = self._query(
+            "SELECT asset.uri, asset_event.source_task_id, asset_event.extra FROM asset_event "
+            "JOIN asset ON asset.id = asset_event.asset_id "
+            "WHERE asset_event.source_dag_id = ? AND asset_event.source_run_id = ? ORDER BY asset.uri",
+            DAG_ID,
+            run_id,
+        )
+        return [(uri, task_id, json.loads(extra) if extra else {}) for uri, task_id, extra in rows]
+
     def xcoms(self, run_id: str) -> list[tuple[str, int, str, Any]]:
         """Every XCom of the run as ``(task_id, map_index, key, value)``."""
         rows = self._query(

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cd2.contract import DEFAULT_MAX_ACTIVE_TABLES, TableRef
+from cd2.contract import DEFAULT_FRESHNESS_HOURS, DEFAULT_MAX_ACTIVE_TABLES, TableRef
 
 # Namespaces the DAP client 2.3.1 can replicate (it ships a model module for each).
 KNOWN_NAMESPACES = ("canvas", "canvas_logs", "catalog", "new_quizzes")
@@ -20,6 +20,25 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class Freshness:
+    """How old a table's watermark may be before the table is *stale*: a default, per-table overrides.
+
+    ``overrides`` are ``(pattern, hours)`` pairs (``ns.table`` or ``table``, globs allowed); the first
+    that matches a table wins.
+    """
+
+    default_hours: float = DEFAULT_FRESHNESS_HOURS
+    overrides: tuple[tuple[str, float], ...] = ()
+
+    def hours_for(self, label: str) -> float:
+        ref = TableRef.parse(label)
+        for pattern, hours in self.overrides:
+            if matches(pattern, ref.namespace, ref.name):
+                return hours
+        return self.default_hours
+
+
+@dataclass(frozen=True)
 class Cd2Config:
     """The parsed ``cd2_config`` Variable; every key is optional."""
 
@@ -28,9 +47,10 @@ class Cd2Config:
     exclude: tuple[str, ...] = ()
     sns_topic_arn: str | None = None
     max_active_tables: int = DEFAULT_MAX_ACTIVE_TABLES
+    freshness: Freshness = Freshness()
 
 
-_KEYS = ("namespaces", "include", "exclude", "sns_topic_arn", "max_active_tables")
+_KEYS = ("namespaces", "include", "exclude", "sns_topic_arn", "max_active_tables", "freshness_hours")
 
 
 def parse_config(raw: str | Mapping[str, Any] | None) -> Cd2Config:
@@ -74,7 +94,31 @@ def parse_config(raw: str | Mapping[str, Any] | None) -> Cd2Config:
         exclude=_string_list(raw, "exclude"),
         sns_topic_arn=topic or None,
         max_active_tables=max_active,
+        freshness=_freshness(raw.get("freshness_hours")),
     )
+
+
+def _hours(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigError(f"Variable cd2_config: {where} must be a positive number of hours, got {value!r}")
+    return float(value)
+
+
+def _freshness(value: Any) -> Freshness:
+    """``12`` or ``{"default": 12, "canvas.web_logs": 48, "catalog.*": 72}`` (every key optional)."""
+    if value is None:
+        return Freshness()
+    if not isinstance(value, Mapping):
+        return Freshness(default_hours=_hours(value, "'freshness_hours'"))
+    default = _hours(value.get("default", DEFAULT_FRESHNESS_HOURS), "'freshness_hours' 'default'")
+    overrides = []
+    for pattern, hours in value.items():
+        if pattern == "default":
+            continue
+        if not isinstance(pattern, str) or not pattern:
+            raise ConfigError(f"Variable cd2_config: 'freshness_hours' key {pattern!r} is not a table name")
+        overrides.append((pattern, _hours(hours, f"'freshness_hours' {pattern!r}")))
+    return Freshness(default_hours=default, overrides=tuple(overrides))
 
 
 def parse_table_param(value: Any, name: str) -> tuple[str, ...]:

@@ -33,6 +33,8 @@ DEFAULT_LOCK_HELD_LIMIT_SECONDS = 24 * 3600.0
 DEFAULT_MAX_ACTIVE_TABLES = 5
 # The oldest target server Instructure supports for the client (16.3); the client itself does not check.
 MIN_SERVER_VERSION_NUM = 160003
+# A table whose watermark is older than this is stale (DAP refreshes every 4 hours: three missed refreshes).
+DEFAULT_FRESHNESS_HOURS = 12.0
 
 
 class ContractError(ValueError):

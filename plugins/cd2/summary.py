@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from cd2.contract import Outcome, TableResult
+from cd2.config import Freshness
+from cd2.contract import ErrorCategory, Outcome, TableResult
 
 # What a table's line in the notification can say, in the order the counts are told.
 OUTCOMES = (Outcome.SYNCED, Outcome.INITIALIZED, Outcome.FAILED, Outcome.SKIPPED)
@@ -34,6 +35,8 @@ class TableSummary:
     error: str | None = None
     note: str | None = None  # busy: who holds the table; views that need a person
     warning: str | None = None  # e.g. the target server is older than Instructure supports
+    error_category: ErrorCategory | None = None
+    views_needing_person: list[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,7 @@ def summarize_table(label: str, sync: TableResult | None, init: TableResult | No
             label,
             Outcome.FAILED,
             sync.duration_seconds,
+            watermark=sync.watermark_before,
             error="init needed but did not run",
             warning=sync.server_warning,
         )
@@ -90,6 +94,8 @@ def _summary(label: str, outcome: Outcome, last: TableResult, *parts: TableResul
         error=first_line(error),
         note=_note(last),
         warning=next((p.server_warning for p in parts if p.server_warning), None),
+        error_category=last.error.category if last.error else None,
+        views_needing_person=last.views_needing_person,
     )
 
 
@@ -98,6 +104,65 @@ def _note(record: TableResult) -> str | None:
     if record.views_needing_person:
         notes.append("views needing a person: " + "; ".join(record.views_needing_person))
     return " | ".join(notes) or None
+
+
+# What a person does about a failed table, by the error's category (the error's text says what is wrong).
+ACTIONS = {
+    ErrorCategory.PERMANENT: "fix what the error names, then clear this table's table.sync (with downstream)",
+    ErrorCategory.TRANSIENT: (
+        "Airflow's retries did not get past it: if the next run fails the same way, look at the DAP API's "
+        "status and the network, then clear this table's table.sync (with downstream)"
+    ),
+    None: "read the task log of this table's table.sync and table.init, then clear table.sync",
+}
+VIEWS_ACTION = (
+    "recreate them by hand from their saved definition in cd2_replica.saved_views (the column they used "
+    "changed), then delete the saved row"
+)
+STALE_ACTION = (
+    "the last sync succeeded but the API has no newer data: check Instructure's status page; if this "
+    "table is expected to lag, raise its freshness_hours in cd2_config"
+)
+
+
+@dataclass(frozen=True)
+class NeedsYou:
+    """One thing the product could not do alone: which table (or None for the run), what, what to do."""
+
+    table: str | None
+    problem: str
+    action: str
+    lag_seconds: float | None = None
+
+
+def needs_you(
+    summaries: Sequence[TableSummary], freshness: Freshness, now: datetime, problem: str | None = None
+) -> list[NeedsYou]:
+    """Failed tables with the action to take, stale tables with their lag, and a run-level problem."""
+    items = []
+    if problem:
+        items.append(
+            NeedsYou(None, first_line(problem) or problem, "fix the configuration or connection it names")
+        )
+    for s in summaries:
+        lag = _lag_seconds(s.watermark, now)
+        if s.outcome is Outcome.FAILED:
+            category = f" ({s.error_category})" if s.error_category else ""
+            items.append(NeedsYou(s.table, f"failed{category}: {s.error}", ACTIONS[s.error_category], lag))
+        elif lag is not None and lag > freshness.hours_for(s.table) * 3600:
+            bound = freshness.hours_for(s.table)
+            items.append(
+                NeedsYou(s.table, f"stale: data {_duration(lag)} old, bound {bound:g}h", STALE_ACTION, lag)
+            )
+        if s.views_needing_person:
+            items.append(
+                NeedsYou(
+                    s.table,
+                    "views that could not be recreated: " + "; ".join(s.views_needing_person),
+                    VIEWS_ACTION,
+                )
+            )
+    return items
 
 
 def _lag_seconds(watermark: str | None, now: datetime) -> float | None:
@@ -109,11 +174,18 @@ def _lag_seconds(watermark: str | None, now: datetime) -> float | None:
     return max(0.0, (now - moment).total_seconds())
 
 
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 1)
+
+
 def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     minutes, secs = divmod(round(seconds), 60)
     hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return f"{days}d{hours:02d}h"
     return (
         f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
     )
@@ -126,23 +198,37 @@ def compose(
     run_id: str,
     now: datetime,
     problem: str | None = None,
+    freshness: Freshness | None = None,
 ) -> Notification:
-    """The run's notification: counts in the subject, one line per table in the text, the same as facts.
+    """The run's notification: what needs a person first (subject and opening), then counts and a line
+    per table; the same as facts.
 
     ``problem`` reports a failure before any table ran (e.g. the table list could not be made).
     """
+    freshness = freshness or Freshness()
+    attention = needs_you(summaries, freshness, now, problem)
     counts = Counter(s.outcome for s in summaries)
     lags = [lag for s in summaries if (lag := _lag_seconds(s.watermark, now)) is not None]
     max_lag = max(lags) if lags else None
     told = OUTCOMES + tuple(o for o in OCCASIONAL_OUTCOMES if counts[o])
     count_text = ", ".join(f"{counts[o]} {o}" for o in told)
     if problem:
-        subject = f"{dag_id}: FAILED before any table ran"
+        status = "FAILED before any table ran"
     elif not summaries:
-        subject = f"{dag_id}: nothing to do"
+        status = "nothing to do"
     else:
-        subject = f"{dag_id}: {count_text}"
-    lines = [f"Run {run_id} of {dag_id}: {count_text}."]
+        status = count_text
+    if attention:
+        named = ", ".join(item.table or "the run" for item in attention)
+        subject = f"{dag_id}: NEEDS YOU ({len(attention)}: {named}); {status}"
+        lines = [f"NEEDS YOU ({len(attention)}):"]
+        lines += [
+            f"- {item.table or 'the run'}: {item.problem}. Action: {item.action}." for item in attention
+        ]
+    else:
+        subject = f"{dag_id}: nothing needs you; {status}"
+        lines = ["Nothing needs you: every table replicated and is within its freshness bound."]
+    lines += ["", f"Run {run_id} of {dag_id}: {count_text}."]
     if problem:
         lines.append(f"Problem: {first_line(problem)}")
     elif not summaries:
@@ -163,6 +249,14 @@ def compose(
         "max_lag_seconds": round(max_lag, 1) if max_lag is not None else None,
         "problem": first_line(problem),
         "warnings": warnings,
-        "tables": [asdict(s) for s in summaries],
+        "needs_you": [asdict(item) for item in attention],
+        "tables": [
+            asdict(s)
+            | {
+                "lag_seconds": _rounded(lag := _lag_seconds(s.watermark, now)),
+                "stale": lag is not None and lag > freshness.hours_for(s.table) * 3600,
+            }
+            for s in summaries
+        ],
     }
     return Notification(subject[:SUBJECT_LIMIT], "\n".join(lines) + "\n", facts)

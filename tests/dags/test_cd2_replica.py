@@ -4,6 +4,7 @@ PostgreSQL, moto's SNS delivering to an SQS queue."""
 from __future__ import annotations
 
 import json
+import re
 from urllib.parse import quote
 
 import pytest
@@ -12,6 +13,17 @@ from local_dap.airflow_home import AirflowEnvironment, DagRunResult, dap_connect
 from local_dap.truth import replica_truth
 
 TABLES = ["canvas.accounts", "canvas.users"]
+FRESH_ENOUGH = 24 * 365 * 10
+# WARNING lines that are not the run's: the client's about this throwaway server's 'C' collation,
+# Airflow's own deprecations and missing graphviz, and Airflow's assets manager about a table asset no
+# DAG schedules on yet (logged on every event through an alias until a consumer DAG references it).
+AIRFLOW_NOISE = (
+    "database collation",
+    "[py.warnings]",
+    "Could not import graphviz",
+    "cannot create asset event",
+    "Emitting event for inactive AssetModel",
+)
 
 
 @pytest.fixture
@@ -37,11 +49,19 @@ class Replica:
             "aws_default": self.sns.connection,
         }
 
+    def asset_uri(self, label: str) -> str:
+        """The table's asset URI: the postgres provider's convention, host:port/database/schema/table."""
+        namespace, table = label.split(".")
+        return f"postgres://{self.server.host}:{self.server.port}/{self.database}/{namespace}/{table}"
+
     def run(self, config: dict | None = None, conf: dict | None = None) -> tuple[DagRunResult, dict]:
         """One DAG run; returns it and the facts of the one notification it published."""
-        config = {"include": ["accounts", "canvas.users"], "sns_topic_arn": self.sns.topic_arn} | (
-            config or {}
-        )
+        # The emulator's clock starts on 2026-01-01: a bound this wide keeps its tables fresh.
+        config = {
+            "include": ["accounts", "canvas.users"],
+            "sns_topic_arn": self.sns.topic_arn,
+            "freshness_hours": FRESH_ENOUGH,
+        } | (config or {})
         result = self.airflow.dags_test(
             connections=self.connections(), config=config, conf=conf, env=self.sns.env
         )
@@ -99,12 +119,23 @@ def test_first_run_initializes_second_syncs_and_params_restrict_and_reinit(repli
     assert first.state_of("fail_if_any_table_failed") == "skipped"
     assert "[dap] INFO dap.replicator.sql_op_init: Inserted 30 records" in first.output  # child log relayed
     replica.assert_in_step(TABLES)
-    assert note["Subject"] == "cd2_replica: 0 synced, 2 initialized, 0 failed, 0 skipped"
+    assert note["Subject"] == "cd2_replica: nothing needs you; 0 synced, 2 initialized, 0 failed, 0 skipped"
     assert note["facts"]["counts"] == {"synced": 0, "initialized": 2, "failed": 0, "skipped": 0}
     assert note["facts"]["run_id"] == first.run_id
 
-    replica.emulator.advance(changes=10)
+    uris = {label: replica.asset_uri(label) for label in TABLES}
+    events = replica.airflow.asset_events(first.run_id)
+    assert [(uri, task) for uri, task, _ in events] == [(uris[t], "table.init") for t in TABLES]
+    assert {e[2]["action"] for e in events} == {"initialized"}
+    assert all(e[2]["rows"] and e[2]["watermark"] and e[2]["schema_version"] for e in events)
+
+    replica.emulator.advance(changes=10, tables=["canvas.accounts"])
     second, note = replica.run()
+    # Only the table that changed emits an event: a downstream DAG on canvas.users does not run.
+    events = replica.airflow.asset_events(second.run_id)
+    assert [(uri, task, extra["action"]) for uri, task, extra in events] == [
+        (uris["canvas.accounts"], "table.sync", "synced")
+    ]
     assert second.state == "success"
     assert second.states("table.sync") == dict.fromkeys(TABLES, "success")
     # The gate: each init skipped itself after reading its own table's sync result. An Airflow upgrade
@@ -112,7 +143,18 @@ def test_first_run_initializes_second_syncs_and_params_restrict_and_reinit(repli
     assert second.states("table.init") == dict.fromkeys(TABLES, "skipped")
     replica.assert_in_step(TABLES)
     assert note["facts"]["counts"] == {"synced": 2, "initialized": 0, "failed": 0, "skipped": 0}
-    assert all(t["rows"] is not None for t in note["facts"]["tables"])
+    assert note["Subject"].startswith("cd2_replica: nothing needs you; ")
+    # A healthy run logs no ERROR or WARNING (the test database's 'C' collation warning of the client
+    # is about this throwaway server, not the run).
+    false_alarms = [
+        line
+        for line in (second.output + replica.airflow.task_logs(second.run_id)).splitlines()
+        if re.search(r"\b(ERROR|WARNING)\b|\[(error|warning) *\]", line)
+        and not any(noise in line for noise in AIRFLOW_NOISE)
+    ]
+    assert not false_alarms, "\n".join(false_alarms[:20])
+    rows = {t["table"]: t["rows"] for t in note["facts"]["tables"]}
+    assert rows["canvas.accounts"] and not rows["canvas.users"]
 
     replica.emulator.advance(changes=10)
     third, note = replica.run(conf={"tables": ["accounts"], "force_reinit": ["canvas.accounts"]})
@@ -131,11 +173,19 @@ def test_a_failing_table_spares_the_others_fails_the_run_and_a_rerun_recovers(re
     assert failed.states("table.init") == {"canvas.accounts": "success", "canvas.users": "failed"}
     assert failed.state_of("notify") == "success"
     assert failed.state_of("fail_if_any_table_failed") == "failed"
+    # The watcher fails the run only after the notification went out.
+    times = replica.airflow.task_times(failed.run_id)
+    assert times[("fail_if_any_table_failed", -1)][0] >= times[("notify", -1)][1]
     replica.assert_in_step(["canvas.accounts"])
     assert note["facts"]["counts"] == {"synced": 0, "initialized": 1, "failed": 1, "skipped": 0}
     users = next(t for t in note["facts"]["tables"] if t["table"] == "canvas.users")
     assert users["outcome"] == "failed" and "NotFoundError" in users["error"]
+    assert note["Subject"].startswith("cd2_replica: NEEDS YOU (1: canvas.users); ")
     assert "1 failed" in note["Subject"]
+    opening = note["facts"]["needs_you"]
+    assert [item["table"] for item in opening] == ["canvas.users"] and "NotFoundError" in opening[0][
+        "problem"
+    ]
 
     # The fault is gone; re-running users' two tasks of that run (as clearing them in the UI does)
     # initializes it.
@@ -167,7 +217,7 @@ def test_nothing_to_do_is_a_successful_run_that_says_so(replica):
     result, note = replica.run(config={"include": [], "exclude": ["*"]})
     assert result.state == "success"
     assert replica.airflow.xcom(result.run_id, "list_tables") == []
-    assert note["Subject"] == "cd2_replica: nothing to do"
+    assert note["Subject"] == "cd2_replica: nothing needs you; nothing to do"
     assert note["facts"]["tables"] == []
 
 

@@ -9,6 +9,7 @@ timeout, ``on_kill``, the child's orphan watchdog) exist is in docs/design.md.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import threading
@@ -22,7 +23,7 @@ from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from airflow.sdk.log import mask_secret
 
-from cd2 import contract
+from cd2 import assets, contract
 from cd2.connection_string import postgres_connection_string
 from cd2.contract import ChildError, ContractError, ErrorCategory, ListJob, ListResult, TableJob, TableResult
 
@@ -38,6 +39,14 @@ PASSED_THROUGH = (
 )  # fmt: skip
 KILL_GRACE_SECONDS = 10
 TAIL_LINES = 20
+
+
+def child_log_level(line: str, previous: int) -> int:
+    """The level of a child's log line (``LEVEL logger: message``, see ``dap_child.logs``); a line
+    without one (a traceback's) continues the record before it."""
+    word = line.partition(" ")[0]
+    level = logging.getLevelNamesMapping().get(word) if word.isupper() else None
+    return level if level is not None else previous
 
 
 class _DapError:
@@ -144,6 +153,11 @@ class DapHook(BaseHook):
             host = f"{scheme}://{host}"
         return f"{host}:{conn.port}" if conn.port else host
 
+    def table_asset_uri(self, label: str) -> str:
+        """The asset URI of a table in the ``cd2_postgres`` database (no credentials in it)."""
+        pg = self.get_connection(self.postgres_conn_id)
+        return assets.table_asset_uri(pg.host or "localhost", pg.port, pg.schema or "postgres", label)
+
     def child_environment(self, *, with_database: bool = True) -> dict[str, str]:
         """The child's whole environment: a few pass-through variables, the API and database secrets."""
         dap = self.get_connection(self.dap_conn_id)
@@ -226,12 +240,14 @@ class DapHook(BaseHook):
         reader.start()
         tail: deque[str] = deque(maxlen=TAIL_LINES)
         child = self._child
+        level = logging.INFO
         try:
             assert child.stdout is not None
             for raw in child.stdout:
                 line = raw.decode(errors="replace").rstrip()
                 tail.append(line)
-                self.log.info("[dap] %s", line)
+                level = child_log_level(line, level)
+                self.log.log(level, "[dap] %s", line)
             returncode = child.wait()
         except BaseException:
             self.kill_child()

@@ -9,7 +9,7 @@ from typing import Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
-from cd2.config import ConfigError, parse_config
+from cd2.config import ConfigError, Freshness, parse_config
 from cd2.contract import TableResult
 from cd2.summary import Notification, compose, summarize_table
 
@@ -46,11 +46,11 @@ class NotifyRunOperator(BaseOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         try:
-            topic = parse_config(self.config).sns_topic_arn
-            problem = None
+            config = parse_config(self.config)
+            topic, freshness, problem = config.sns_topic_arn, config.freshness, None
         except ConfigError as error:
-            topic, problem = None, str(error)
-        notification = self.compose(context, problem)
+            topic, freshness, problem = None, None, str(error)
+        notification = self.compose(context, problem, freshness)
         self.log.info("%s\n%s", notification.subject, notification.text)
         if topic:
             # Imported here: the Amazon provider (boto3) would cost the DAG file's parse time.
@@ -69,7 +69,7 @@ class NotifyRunOperator(BaseOperator):
             self.log.info("No sns_topic_arn in cd2_config: the summary above is only logged")
         return notification.facts
 
-    def compose(self, context: Any, problem: str | None) -> Notification:
+    def compose(self, context: Any, problem: str | None, freshness: Freshness | None = None) -> Notification:
         ti = context["ti"]
         tables = ti.xcom_pull(task_ids=self.list_task_id, map_indexes=-1)
         if tables is None and problem is None:
@@ -90,6 +90,7 @@ class NotifyRunOperator(BaseOperator):
             run_id=context["run_id"],
             now=datetime.now(UTC),
             problem=problem,
+            freshness=freshness,
         )
 
 

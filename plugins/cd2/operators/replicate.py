@@ -9,6 +9,7 @@ from typing import Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+from cd2.assets import emit_table_event
 from cd2.config import ConfigError, matches, parse_config, parse_table_param
 from cd2.contract import (
     DEFAULT_LOCK_WAIT_SECONDS,
@@ -88,6 +89,9 @@ class _TableOperator(BaseOperator):
             self._push(context, TableResult(self.table_label, Outcome.FAILED, error=_child_error(error)))
             raise
         self.log.info("%s: %s", self.table_label, result)
+        uri = self.hook.table_asset_uri(self.table_label)
+        if emit_table_event(context, uri, result):
+            self.log.info("%s changed: asset event for %s", self.table_label, uri)
         return result.to_dict()
 
     def run_job(self, hook: DapHook, job: TableJob) -> TableResult:

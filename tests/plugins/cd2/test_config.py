@@ -89,3 +89,18 @@ def test_entries_matching_nothing_fail_naming_them(include, requested, named):
     with pytest.raises(ConfigError) as error:
         select_tables(AVAILABLE, include=include, requested=requested)
     assert named in str(error.value)
+
+
+def test_freshness_hours_a_default_and_per_table_overrides():
+    assert parse_config({}).freshness.hours_for("canvas.users") == 12.0
+    assert parse_config({"freshness_hours": 6}).freshness.hours_for("canvas.users") == 6.0
+    freshness = parse_config(
+        {"freshness_hours": {"default": 8, "canvas.web_logs": 48, "catalog.*": 72}}
+    ).freshness
+    assert [freshness.hours_for(t) for t in ("canvas.users", "canvas.web_logs", "catalog.x")] == [8, 48, 72]
+
+
+@pytest.mark.parametrize("value", [0, -1, True, "12", {"default": 0}, {"canvas.users": "x"}])
+def test_bad_freshness_hours_names_the_key(value):
+    with pytest.raises(ConfigError, match="freshness_hours"):
+        parse_config({"freshness_hours": value})

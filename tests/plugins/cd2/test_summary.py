@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
+from cd2.config import Freshness
 from cd2.contract import ChildError, ErrorCategory, Outcome, TableResult
 from cd2.summary import compose, summarize_table
 
@@ -40,7 +41,9 @@ def test_message_has_counts_lines_lag_and_json_facts():
         summarize_table("canvas.c", SYNC_NEEDS_INIT, FAILED),
     ]
     note = compose(summaries, dag_id="cd2_replica", run_id="manual__x", now=NOW)
-    assert note.subject == "cd2_replica: 1 synced, 1 initialized, 1 failed, 0 skipped"
+    assert (
+        note.subject == "cd2_replica: NEEDS YOU (1: canvas.c); 1 synced, 1 initialized, 1 failed, 0 skipped"
+    )
     assert "Run manual__x" in note.text and "Largest data lag: 4h00m00s" in note.text
     assert "canvas.a: synced in 2s, 7 rows" in note.text
     assert "canvas.b: initialized in 1m02s, 1000 rows" in note.text
@@ -56,7 +59,7 @@ def test_message_has_counts_lines_lag_and_json_facts():
 
 def test_nothing_to_do_and_early_problem_are_said():
     empty = compose([], dag_id="cd2_replica", run_id="r", now=NOW)
-    assert empty.subject == "cd2_replica: nothing to do" and "nothing to do" in empty.text
+    assert empty.subject == "cd2_replica: nothing needs you; nothing to do" and "nothing to do" in empty.text
     broken = compose(
         [], dag_id="cd2_replica", run_id="r", now=NOW, problem="param 'tables': 'x' matches no table"
     )
@@ -74,7 +77,13 @@ def test_a_busy_table_and_views_needing_a_person_are_told_but_not_failed():
     summaries = [summarize_table("canvas.d", busy, None), summarize_table("canvas.a", views, None)]
     assert [s.outcome for s in summaries] == ["busy", "synced"]
     note = compose(summaries, dag_id="cd2_replica", run_id="manual__x", now=NOW)
-    assert note.subject == "cd2_replica: 1 synced, 0 initialized, 0 failed, 0 skipped, 1 busy"
+    # busy is not a failure; a view that could not be recreated needs a person
+    assert (
+        note.subject
+        == "cd2_replica: NEEDS YOU (1: canvas.a); 1 synced, 0 initialized, 0 failed, 0 skipped, 1 busy"
+    )
+    assert [i["table"] for i in note.facts["needs_you"]] == ["canvas.a"]
+    assert "cd2_replica.saved_views" in note.facts["needs_you"][0]["action"]
     assert (
         "canvas.d: busy in - (busy: worked on by cd2_replica scheduled__x since 2026-01-01T06:00" in note.text
     )
@@ -94,3 +103,56 @@ def test_a_server_warning_reaches_the_text_and_facts_once():
     assert [t["warning"] for t in note.facts["tables"]] == [warning, warning]
     current = summarize_table("canvas.a", TableResult("canvas.a", Outcome.SYNCED), None)
     assert compose([current], dag_id="d", run_id="r", now=NOW).facts["warnings"] == []
+
+
+STALE_SYNC = TableResult("canvas.old", Outcome.SYNCED, duration_seconds=1.0, rows=0,
+                         watermark_before="2025-12-30T12:00:00Z", watermark_after="2025-12-30T12:00:00Z")  # fmt: skip
+TRANSIENT = TableResult("canvas.flaky", Outcome.FAILED, error=ChildError(
+    ErrorCategory.TRANSIENT, "ProcessingError", "job failed on the server"))  # fmt: skip
+
+
+def test_a_stale_and_a_failed_table_open_the_subject_and_text_with_the_action_for_each():
+    summaries = [
+        summarize_table("canvas.a", SYNC_OK, None),
+        summarize_table("canvas.c", SYNC_NEEDS_INIT, FAILED),
+        summarize_table("canvas.old", STALE_SYNC, None),
+    ]
+    note = compose(summaries, dag_id="cd2_replica", run_id="r", now=NOW, freshness=Freshness(12.0))
+    assert note.subject.startswith("cd2_replica: NEEDS YOU (2: canvas.c, canvas.old)")
+    opening = note.text.splitlines()[:3]
+    assert opening[0] == "NEEDS YOU (2):"
+    assert opening[1].startswith("- canvas.c: failed (permanent): NotFoundError: no such table")
+    assert "Action: fix what the error names, then clear this table's table.sync" in opening[1]
+    assert opening[2].startswith("- canvas.old: stale: data 2d00h old, bound 12h. Action: ")
+    assert "raise its freshness_hours" in opening[2]
+    assert [(i["table"], i["lag_seconds"]) for i in note.facts["needs_you"]] == [
+        ("canvas.c", None),
+        ("canvas.old", 48 * 3600),
+    ]
+    stale = {t["table"]: t["stale"] for t in note.facts["tables"]}
+    assert stale == {"canvas.a": False, "canvas.c": False, "canvas.old": True}
+
+
+def test_per_table_freshness_override_and_transient_action():
+    summaries = [
+        summarize_table("canvas.old", STALE_SYNC, None),
+        summarize_table("canvas.flaky", TRANSIENT, None),
+    ]
+    relaxed = Freshness(12.0, overrides=(("canvas.old", 72.0),))
+    note = compose(summaries, dag_id="cd2_replica", run_id="r", now=NOW, freshness=relaxed)
+    assert note.subject.startswith("cd2_replica: NEEDS YOU (1: canvas.flaky)")
+    assert "failed (transient): ProcessingError" in note.text and "retries did not get past it" in note.text
+
+
+def test_a_healthy_run_says_plainly_nothing_needs_a_person():
+    note = compose([summarize_table("canvas.a", SYNC_OK, None)], dag_id="cd2_replica", run_id="r", now=NOW)
+    assert note.subject == "cd2_replica: nothing needs you; 1 synced, 0 initialized, 0 failed, 0 skipped"
+    assert note.text.startswith("Nothing needs you:")
+    assert note.facts["needs_you"] == []
+
+
+def test_a_problem_before_any_table_needs_you():
+    note = compose(
+        [], dag_id="cd2_replica", run_id="r", now=NOW, problem="Variable cd2_config is not valid JSON"
+    )
+    assert note.subject.startswith("cd2_replica: NEEDS YOU (1: the run); FAILED before any table ran")

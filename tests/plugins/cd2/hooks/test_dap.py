@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import subprocess
 import threading
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from cd2.contract import Action, TableJob, TableResult
-from cd2.hooks.dap import DapHook, DapPermanentError, DapTransientError
+from cd2.hooks.dap import DapHook, DapPermanentError, DapTransientError, child_log_level
 from local_dap.airflow_home import AIRFLOW_PYTHON, dap_connection, postgres_connection
 from local_dap.truth import replica_truth
 from tests.support.paths import DAP_PYTHON, REPO_ROOT
@@ -76,7 +77,9 @@ def test_init_needed_then_init_then_sync_keep_replica_equal_to_source(hook, dap_
     assert in_step(dap_emulator, database_url, "accounts")
 
 
-def test_half_initialized_leftover_is_dropped_and_reloaded(hook, dap_emulator, database_url, postgres_server):
+def test_half_initialized_leftover_is_dropped_and_reloaded(
+    hook, dap_emulator, database_url, postgres_server, capfd
+):
     init(hook, "users")
     dap_emulator.advance(changes=5)
     # What an init killed mid-load leaves: part of the rows, no table_sync row.
@@ -84,8 +87,14 @@ def test_half_initialized_leftover_is_dropped_and_reloaded(hook, dap_emulator, d
         cur.execute("DELETE FROM canvas.users WHERE id % 2 = 0")
         cur.execute("DELETE FROM instructure_dap.table_sync WHERE source_table = 'users'")
     assert sync(hook, "users").outcome == "init_needed"
+    capfd.readouterr()
     assert init(hook, "users").outcome == "initialized"
     assert in_step(dap_emulator, database_url, "users")
+    # The child's WARNING keeps its level in the task log (Airflow's console renderer: "[warning  ]").
+    relayed = [line for line in capfd.readouterr().out.splitlines() if "] [dap] " in line]
+    leftover = [line for line in relayed if "half-initialized leftover" in line]
+    assert leftover and all("[warning" in line for line in leftover), relayed
+    assert any("[info" in line and "Inserted" in line for line in relayed), relayed
 
 
 def test_force_reinit_and_out_of_range_reload_the_table(hook, dap_emulator, database_url):
@@ -255,3 +264,11 @@ def test_missing_or_broken_dap_interpreter_fails_saying_so(hook, monkeypatch, tm
     monkeypatch.setenv("CD2_DAP_PYTHON", str(AIRFLOW_PYTHON))
     with pytest.raises(DapPermanentError, match="without a result.*No module named 'dap'"):
         hook.list_tables(["canvas"])
+
+
+def test_child_log_level_is_read_from_the_line_and_carried_by_tracebacks():
+    assert child_log_level("WARNING cd2.dap_child: dropping", logging.INFO) == logging.WARNING
+    assert child_log_level("ERROR cd2.dap_child: sync failed", logging.INFO) == logging.ERROR
+    assert child_log_level("Traceback (most recent call last):", logging.ERROR) == logging.ERROR
+    assert child_log_level("INFO dap.api: done", logging.ERROR) == logging.INFO
+    assert child_log_level("NOTALEVEL x", logging.INFO) == logging.INFO

@@ -1,0 +1,111 @@
+"""Under the real scheduler: a DAG scheduled on one table's asset runs after a run that changed that
+table, not after one that did not; a healthy run's component and task logs hold no false alarms."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+import time
+
+from local_dap.airflow_home import dap_connection, postgres_connection
+from local_dap.deployment import Deployment
+from local_dap.paths import REPO_ROOT
+from local_dap.processes import free_loopback_port
+
+TABLES = ["canvas.accounts", "canvas.users"]
+CONSUMER = "users_report"
+# WARNING lines that are not the run's (see tests/dags/test_cd2_replica.py's AIRFLOW_NOISE).
+# Also Airflow's own: uvicorn's factory notice of the scheduler's log server, and the Task SDK client's
+# "Starting call to ... Client.request" when it retries a slow API server (this machine's 2 shared cores).
+NOISE = ("database collation", "[py.warnings]", "Could not import graphviz", "DeprecationWarning",
+         "cannot create asset event", "Emitting event for inactive AssetModel",
+         "ASGI app factory detected", "Starting call to 'airflow.sdk.api.client.Client.request'")  # fmt: skip
+
+
+def consumer_dag(uri: str) -> str:
+    return textwrap.dedent(f'''
+        from datetime import datetime
+        from airflow.sdk import Asset, dag, task
+
+        @dag(dag_id="{CONSUMER}", schedule=[Asset("{uri}")], start_date=datetime(2025, 1, 1), catchup=False)
+        def users_report():
+            @task
+            def build():
+                return "built"
+
+            build()
+
+        users_report()
+    ''')
+
+
+def consumer_runs(airflow: Deployment) -> list[dict]:
+    return airflow.api("GET", f"dags/{CONSUMER}/dagRuns")["dag_runs"]
+
+
+def settle(airflow: Deployment, expected: int, timeout: float = 90) -> list[dict]:
+    """The consumer's runs once ``expected`` exist and are finished (or after ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = consumer_runs(airflow)
+        done = [run for run in runs if run["state"] in ("success", "failed")]
+        if (len(runs) >= expected and len(done) == len(runs)) or time.monotonic() > deadline:
+            return runs
+        time.sleep(2)
+
+
+def test_a_consumer_of_one_table_runs_only_when_that_table_changed(
+    postgres_server, database_url, dap_emulator, tmp_path
+):
+    dap_emulator.reset()
+    host, port, database = postgres_server.host, postgres_server.port, database_url.rsplit("/", 1)[1]
+    (tmp_path / "cd2_replica.py").symlink_to(REPO_ROOT / "dags" / "cd2_replica.py")
+    (tmp_path / "users_report.py").write_text(
+        consumer_dag(f"postgres://{host}:{port}/{database}/canvas/users")
+    )
+    connections = {
+        "dap_default": dap_connection(dap_emulator),
+        "cd2_postgres": postgres_connection(database_url),
+        "aws_default": {"conn_type": "aws"},
+    }
+    config = {"include": TABLES, "freshness_hours": 24 * 365 * 10}
+    # A port of its own for the scheduler's log server: the default 8793 may be another deployment's.
+    env = {
+        "AIRFLOW__CORE__DAGS_FOLDER": str(tmp_path),
+        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_loopback_port()),
+    }
+    with Deployment.start(postgres_server, connections=connections, config=config, env=env) as airflow:
+        airflow.wait_for_dag(CONSUMER)
+        airflow.unpause(CONSUMER)
+        airflow.unpause()
+
+        first = airflow.trigger()
+        assert airflow.wait_for_run(first) == "success"
+        runs = settle(airflow, 1)
+        assert len(runs) == 1 and runs[0]["state"] == "success", runs  # users was initialized
+
+        dap_emulator.advance(changes=10, tables=["canvas.accounts"])
+        second = airflow.trigger()
+        assert airflow.wait_for_run(second) == "success"
+        assert len(settle(airflow, 2, timeout=30)) == 1  # only accounts changed: no consumer run
+
+        # The second run was healthy: no ERROR or WARNING line in any component's or task's log.
+        texts = [airflow.component_log(component) for component in ("scheduler", "dag-processor")]
+        texts += [
+            airflow.task_log(second, ti.task_id, ti.try_number, ti.map_index)
+            for ti in airflow.task_instances(second)
+            if ti.try_number
+        ]
+        alarms = [
+            line
+            for text in texts
+            for line in text.splitlines()
+            if re.search(r"\b(ERROR|WARNING)\b|\[(error|warning) *\]|\"level\": \"(error|warning)\"", line)
+            and not any(noise in line for noise in NOISE)
+        ]
+        assert not alarms, "\n".join(alarms[:20])
+
+        dap_emulator.advance(changes=10, tables=["canvas.users"])
+        third = airflow.trigger()
+        assert airflow.wait_for_run(third) == "success"
+        assert len(settle(airflow, 2)) == 2
