@@ -12,7 +12,7 @@ from cd2.assets import TABLES_ALIAS
 from cd2.contract import Outcome
 from cd2.operators.list_tables import ListTablesOperator
 from cd2.operators.notify import NotifyRunOperator
-from cd2.operators.replicate import TABLE_LABEL_CONTEXT_KEY, InitTableOperator, SyncTableOperator
+from cd2.operators.replicate import MAP_INDEX_TEMPLATE, InitTableOperator, SyncTableOperator
 
 # DAP refreshes its data every 4 hours; MWAA sets [cd2] schedule from its configuration options
 # (empty: triggered runs only).
@@ -72,7 +72,7 @@ def cd2_replica():
             table_label=label,
             config=CONFIG,
             force_reinit="{{ params.force_reinit }}",
-            map_index_template="{{ " + TABLE_LABEL_CONTEXT_KEY + " }}",
+            map_index_template=MAP_INDEX_TEMPLATE,
             execution_timeout=timedelta(hours=2),
             outlets=[AssetAlias(TABLES_ALIAS)],
         )
@@ -81,7 +81,7 @@ def cd2_replica():
             table_label=label,
             config=CONFIG,
             sync_result=sync.output,
-            map_index_template="{{ " + TABLE_LABEL_CONTEXT_KEY + " }}",
+            map_index_template=MAP_INDEX_TEMPLATE,
             execution_timeout=timedelta(hours=6),
             outlets=[AssetAlias(TABLES_ALIAS)],
         )

@@ -53,7 +53,7 @@ def test_every_dag_file_loads_without_import_errors(airflow_env):
     assert facts["tags"] and facts["owner"] and facts["retries"] >= 1 and facts["backoff"]
     assert facts["params"] == ["force_reinit", "tables"]
     assert facts["tasks"] == ["fail_if_any_table_failed", "list_tables", "notify", "table.init", "table.sync"]
-    assert facts["map_index_template"] == "{{ table_label }}"
+    assert facts["map_index_template"] == "{{ task.table_label }}"
 
 
 def test_schedule_comes_from_airflow_configuration(airflow_env):

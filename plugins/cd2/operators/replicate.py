@@ -25,8 +25,9 @@ from cd2.contract import (
 from cd2.hooks.dap import DapHook, DapPermanentError, DapTransientError
 from cd2.summary import first_line
 
-# The context variable a DAG's map_index_template names ("{{ table_label }}").
-TABLE_LABEL_CONTEXT_KEY = "table_label"
+# Names a mapped instance in the UI. Airflow renders it right after the task's templates, before
+# execute(), and again at the end, so a running or retried instance is named too.
+MAP_INDEX_TEMPLATE = "{{ task.table_label }}"
 
 
 class _TableOperator(BaseOperator):
@@ -59,7 +60,6 @@ class _TableOperator(BaseOperator):
         self.hook: DapHook | None = None
 
     def execute(self, context: Any) -> dict[str, Any]:
-        context[TABLE_LABEL_CONTEXT_KEY] = self.table_label
         try:
             try:
                 ref = TableRef.parse(self.table_label)

@@ -124,13 +124,14 @@ def test_errors_are_sorted_into_permanent_and_transient(hook, dap_emulator):
 
 
 def child_command_lines() -> list[str]:
+    """Command lines of this checkout's DAP children (other checkouts on the machine run their own)."""
     found = []
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if "cd2.dap_child" in text:
+        if "cd2.dap_child" in text and text.startswith(str(DAP_PYTHON)):
             found.append(text)
     return found
 
