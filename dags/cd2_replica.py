@@ -8,6 +8,7 @@ from airflow.configuration import conf
 from airflow.sdk import Param, dag, task, task_group
 from airflow.sdk.exceptions import AirflowException
 
+from cd2.contract import DEFAULT_MAX_ACTIVE_TABLES
 from cd2.operators.list_tables import ListTablesOperator
 from cd2.operators.notify import NotifyRunOperator
 from cd2.operators.replicate import TABLE_LABEL_CONTEXT_KEY, InitTableOperator, SyncTableOperator
@@ -16,6 +17,10 @@ from cd2.operators.replicate import TABLE_LABEL_CONTEXT_KEY, InitTableOperator, 
 # (empty: triggered runs only).
 SCHEDULE = conf.get("cd2", "schedule", fallback="0 */4 * * *") or None
 CONFIG = "{{ var.value.get('cd2_config', '') }}"
+# Table tasks at once per run (each of sync and init): Airflow's own cap, so a table waiting for its
+# turn is a scheduled task holding no worker slot, child or connection. A configuration option, read at
+# parse time without a database or secrets call (a Variable would be); the API's rate is the pacer's.
+MAX_ACTIVE_TABLES = conf.getint("cd2", "max_active_tables", fallback=DEFAULT_MAX_ACTIVE_TABLES)
 
 DOC = """
 ### Canvas Data 2 replica
@@ -29,8 +34,9 @@ run fail when a table failed, after the notification went out.
 * Connections: `dap_default` (host = API URL, login = client id, password = client secret),
   `cd2_postgres` (target database; extra `sslmode`), `aws_default` (SNS).
 * Variable `cd2_config` (JSON, all keys optional): `namespaces`, `include`, `exclude`,
-  `sns_topic_arn`, `max_active_tables`.
+  `sns_topic_arn`, `api_limits` (calls per minute per endpoint; default the API's published limits).
 * Params: `tables` (only these), `force_reinit` (drop and re-initialize these).
+* `[cd2] max_active_tables` (Airflow configuration option): table tasks at once (each of sync, init).
 * Schedule: Airflow configuration option `[cd2] schedule` (default every 4 hours; empty: manual only).
 """
 
@@ -69,6 +75,7 @@ def cd2_replica():
             config=CONFIG,
             force_reinit="{{ params.force_reinit }}",
             map_index_template="{{ " + TABLE_LABEL_CONTEXT_KEY + " }}",
+            max_active_tis_per_dagrun=MAX_ACTIVE_TABLES,
             execution_timeout=timedelta(hours=2),
         )
         InitTableOperator(
@@ -77,6 +84,7 @@ def cd2_replica():
             config=CONFIG,
             sync_result=sync.output,
             map_index_template="{{ " + TABLE_LABEL_CONTEXT_KEY + " }}",
+            max_active_tis_per_dagrun=MAX_ACTIVE_TABLES,
             execution_timeout=timedelta(hours=6),
         )
 

@@ -16,6 +16,10 @@ class LockTimeout(Exception):
     """Another task instance holds the table's lock for longer than we may wait."""
 
 
+class RateLimitExhausted(Exception):
+    """The DAP API kept answering 429 Too Many Requests for longer than one call may wait."""
+
+
 class DapEnvironmentError(Exception):
     """A required environment variable of the child is missing."""
 
@@ -59,6 +63,8 @@ def _describe(error: BaseException) -> str:
 
 def classify(error: BaseException) -> ChildError:
     """Transient errors are worth an Airflow retry; permanent ones need someone to fix something first."""
+    if isinstance(error, RateLimitExhausted):
+        return ChildError(ErrorCategory.RATE_LIMITED, type(error).__name__, str(error))
     for error_type, hint in _PERMANENT_HINTS:
         if isinstance(error, error_type):
             return ChildError(ErrorCategory.PERMANENT, type(error).__name__, f"{_describe(error)} ({hint})")
