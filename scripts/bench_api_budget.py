@@ -21,6 +21,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from base64 import b64encode
 from pathlib import Path
@@ -61,6 +62,9 @@ def generated_schemas(count: int, directory: Path) -> None:
         (directory / "canvas" / f"{name}.json").write_text(template)
 
 
+FOREIGN = {"jobs": 0, "429s": 0}
+
+
 def foreign_consumer(emulator, window: float, stop: threading.Event) -> None:
     """Another user of the same client id: 2 create-job calls a minute (scaled)."""
     basic = b64encode(f"{emulator.client_id}:{emulator.client_secret}".encode()).decode()
@@ -78,12 +82,14 @@ def foreign_consumer(emulator, window: float, stop: threading.Event) -> None:
         )
         try:
             urllib.request.urlopen(request).read()
-        except urllib.error.HTTPError:
-            pass
+            FOREIGN["jobs"] += 1
+        except urllib.error.HTTPError as error:
+            FOREIGN["429s"] += error.code == 429
 
 
 def run_pass(airflow: Deployment, emulator, name: str, window: float, budget: float) -> dict:
     emulator.clear_requests()
+    foreign_before = dict(FOREIGN)
     sampler = airflow.sample_cpu()
     started = time.monotonic()
     run_id = airflow.trigger()
@@ -93,7 +99,8 @@ def run_pass(airflow: Deployment, emulator, name: str, window: float, budget: fl
     tasks = airflow.task_instances(run_id)
     requests = emulator.requests()
     ours = [r for r in requests if r["endpoint"] == "data"]
-    jobs = sum(1 for r in ours if r["status"] < 400)
+    foreign = {key: FOREIGN[key] - foreign_before[key] for key in FOREIGN}
+    jobs = sum(1 for r in ours if r["status"] < 400) - foreign["jobs"]
     longest = 0.0
     for ti in tasks:
         if ti.task_id.startswith("table.") and ti.state == "success":
@@ -113,7 +120,9 @@ def run_pass(airflow: Deployment, emulator, name: str, window: float, budget: fl
         "floor_s": round(floor, 1),
         "ratio": round(wall / floor, 2) if floor else None,
         "longest_task_s": round(longest, 1),
-        "429s": sum(1 for r in requests if r["status"] == 429),
+        "429s": sum(1 for r in requests if r["status"] == 429) - foreign["429s"],
+        "foreign_jobs": foreign["jobs"],
+        "foreign_429s": foreign["429s"],
         "failed_attempts": sum(max(0, ti.try_number - 1) for ti in tasks)
         + sum(ti.state == "failed" for ti in tasks),
         "airflow_cpu_s_per_task": round(cpu["airflow"] / max(1, sum(ti.try_number > 0 for ti in tasks)), 2),
