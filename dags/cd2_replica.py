@@ -9,7 +9,7 @@ from airflow.sdk import AssetAlias, Param, dag, task, task_group
 from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 
 from cd2.assets import TABLES_ALIAS
-from cd2.contract import Outcome
+from cd2.contract import DEFAULT_MAX_ACTIVE_TABLES, Outcome
 from cd2.operators.list_tables import ListTablesOperator
 from cd2.operators.notify import NotifyRunOperator
 from cd2.operators.replicate import MAP_INDEX_TEMPLATE, InitTableOperator, SyncTableOperator
@@ -18,6 +18,10 @@ from cd2.operators.replicate import MAP_INDEX_TEMPLATE, InitTableOperator, SyncT
 # (empty: triggered runs only).
 SCHEDULE = conf.get("cd2", "schedule", fallback="0 */4 * * *") or None
 CONFIG = "{{ var.value.get('cd2_config', '') }}"
+# Table tasks at once per run (each of sync and init): Airflow's own cap, so a table waiting for its
+# turn is a scheduled task holding no worker slot, child or connection. A configuration option, read at
+# parse time without a database or secrets call (a Variable would be); the API's rate is the pacer's.
+MAX_ACTIVE_TABLES = conf.getint("cd2", "max_active_tables", fallback=DEFAULT_MAX_ACTIVE_TABLES)
 
 DOC = """
 ### Canvas Data 2 replica
@@ -31,10 +35,12 @@ run fail when a table failed, after the notification went out.
 * Connections: `dap_default` (host = API URL, login = client id, password = client secret),
   `cd2_postgres` (target database; extra `sslmode`), `aws_default` (SNS).
 * Variable `cd2_config` (JSON, all keys optional): `namespaces`, `include`, `exclude`,
-  `sns_topic_arn`, `max_active_tables`, `freshness_hours` (a number, or `{"default": 12, "ns.table": 48}`).
+  `sns_topic_arn`, `freshness_hours` (a number, or `{"default": 12, "ns.table": 48}`), `api_limits`
+  (calls per minute per endpoint; default the API's published limits).
 * Params: `tables` (only these), `force_reinit` (drop and re-initialize these).
 * Assets: a table task that changed its table emits an event for `postgres://host:port/db/ns/table`
   through the asset alias `cd2_replica_tables` (see `cd2.assets`).
+* `[cd2] max_active_tables` (Airflow configuration option): table tasks at once (each of sync, init).
 * Schedule: Airflow configuration option `[cd2] schedule` (default every 4 hours; empty: manual only).
 """
 
@@ -73,6 +79,7 @@ def cd2_replica():
             config=CONFIG,
             force_reinit="{{ params.force_reinit }}",
             map_index_template=MAP_INDEX_TEMPLATE,
+            max_active_tis_per_dagrun=MAX_ACTIVE_TABLES,
             execution_timeout=timedelta(hours=2),
             outlets=[AssetAlias(TABLES_ALIAS)],
         )
@@ -82,6 +89,7 @@ def cd2_replica():
             config=CONFIG,
             sync_result=sync.output,
             map_index_template=MAP_INDEX_TEMPLATE,
+            max_active_tis_per_dagrun=MAX_ACTIVE_TABLES,
             execution_timeout=timedelta(hours=6),
             outlets=[AssetAlias(TABLES_ALIAS)],
         )

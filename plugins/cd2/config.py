@@ -8,7 +8,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cd2.contract import DEFAULT_FRESHNESS_HOURS, DEFAULT_MAX_ACTIVE_TABLES, TableRef
+from cd2.contract import (
+    DEFAULT_API_LIMIT_WINDOW_SECONDS,
+    DEFAULT_API_LIMITS,
+    DEFAULT_FRESHNESS_HOURS,
+    ApiEndpoint,
+    TableRef,
+    format_api_limits,
+)
 
 # Namespaces the DAP client 2.3.1 can replicate (it ships a model module for each).
 KNOWN_NAMESPACES = ("canvas", "canvas_logs", "catalog", "new_quizzes")
@@ -46,11 +53,31 @@ class Cd2Config:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     sns_topic_arn: str | None = None
-    max_active_tables: int = DEFAULT_MAX_ACTIVE_TABLES
     freshness: Freshness = Freshness()
+    # Calls per window per endpoint (schools can get raised limits); see cd2.contract.DEFAULT_API_LIMITS.
+    api_limits: tuple[tuple[str, int], ...] = tuple(sorted(DEFAULT_API_LIMITS.items()))
+    api_limit_window_seconds: float = DEFAULT_API_LIMIT_WINDOW_SECONDS
+
+    @property
+    def api_limits_argv(self) -> str:
+        """The limits in the child job's argv form."""
+        return format_api_limits(dict(self.api_limits))
 
 
-_KEYS = ("namespaces", "include", "exclude", "sns_topic_arn", "max_active_tables", "freshness_hours")
+_KEYS = (
+    "namespaces",
+    "include",
+    "exclude",
+    "sns_topic_arn",
+    "freshness_hours",
+    "api_limits",
+    "api_limit_window_seconds",
+)
+# Keys that moved elsewhere, with where they went.
+_MOVED = {
+    "max_active_tables": "the Airflow configuration option [cd2] max_active_tables (the API's rate is "
+    "paced by 'api_limits')",
+}
 
 
 def parse_config(raw: str | Mapping[str, Any] | None) -> Cd2Config:
@@ -64,6 +91,8 @@ def parse_config(raw: str | Mapping[str, Any] | None) -> Cd2Config:
             raise ConfigError(f"Variable cd2_config is not valid JSON: {error}") from None
     if not isinstance(raw, Mapping):
         raise ConfigError(f"Variable cd2_config must be a JSON object, got {type(raw).__name__}")
+    for key in sorted(set(raw) & set(_MOVED)):
+        raise ConfigError(f"Variable cd2_config: {key!r} moved to {_MOVED[key]}; remove it here")
     unknown = sorted(set(raw) - set(_KEYS))
     if unknown:
         raise ConfigError(f"Variable cd2_config has unknown key(s) {unknown}; known keys: {list(_KEYS)}")
@@ -82,10 +111,24 @@ def parse_config(raw: str | Mapping[str, Any] | None) -> Cd2Config:
     if topic is not None and (not isinstance(topic, str) or not topic.startswith("arn:")):
         raise ConfigError(f"Variable cd2_config: 'sns_topic_arn' must be an SNS topic ARN, got {topic!r}")
 
-    max_active = raw.get("max_active_tables", DEFAULT_MAX_ACTIVE_TABLES)
-    if isinstance(max_active, bool) or not isinstance(max_active, int) or max_active < 1:
+    limits = dict(DEFAULT_API_LIMITS)
+    given = raw.get("api_limits", {})
+    if not isinstance(given, Mapping):
+        raise ConfigError(f"Variable cd2_config: 'api_limits' must be an object, got {given!r}")
+    for name, count in given.items():
+        if name not in set(ApiEndpoint):
+            raise ConfigError(
+                f"Variable cd2_config: unknown endpoint {name!r} in 'api_limits'; known: {list(map(str, ApiEndpoint))}"
+            )
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ConfigError(
+                f"Variable cd2_config: 'api_limits' {name!r} must be a positive integer, got {count!r}"
+            )
+        limits[name] = count
+    window = raw.get("api_limit_window_seconds", DEFAULT_API_LIMIT_WINDOW_SECONDS)
+    if isinstance(window, bool) or not isinstance(window, int | float) or window <= 0:
         raise ConfigError(
-            f"Variable cd2_config: 'max_active_tables' must be a positive integer, got {max_active!r}"
+            f"Variable cd2_config: 'api_limit_window_seconds' must be a positive number, got {window!r}"
         )
 
     return Cd2Config(
@@ -93,8 +136,9 @@ def parse_config(raw: str | Mapping[str, Any] | None) -> Cd2Config:
         include=_string_list(raw, "include"),
         exclude=_string_list(raw, "exclude"),
         sns_topic_arn=topic or None,
-        max_active_tables=max_active,
         freshness=_freshness(raw.get("freshness_hours")),
+        api_limits=tuple(sorted(limits.items())),
+        api_limit_window_seconds=float(window),
     )
 
 

@@ -29,12 +29,56 @@ DEFAULT_HOLDER = "cd2_replica"
 DEFAULT_LOCK_WAIT_SECONDS = 300.0
 # A table lock held longer than this is an error, not a busy table (a big init takes hours, not a day).
 DEFAULT_LOCK_HELD_LIMIT_SECONDS = 24 * 3600.0
-# The API allows 5 new jobs a minute.
-DEFAULT_MAX_ACTIVE_TABLES = 5
 # The oldest target server Instructure supports for the client (16.3); the client itself does not check.
 MIN_SERVER_VERSION_NUM = 160003
 # A table whose watermark is older than this is stale (DAP refreshes every 4 hours: three missed refreshes).
 DEFAULT_FRESHNESS_HOURS = 12.0
+# Table tasks of one run at once (a concurrency cap: worker slots, child processes, connections; the
+# API's rate is the pacer's business, see API_LIMITS). Airflow configuration option [cd2] max_active_tables.
+DEFAULT_MAX_ACTIVE_TABLES = 8
+# The PostgreSQL schema of the product's own state in the target database.
+PRODUCT_SCHEMA = "cd2_replica"
+
+
+class ApiEndpoint(StrEnum):
+    """The DAP API endpoints with a published rate limit."""
+
+    CREATE_JOB = "create_job"
+    LIST_TABLES = "list_tables"
+    GET_JOB = "get_job"
+    SCHEMA = "schema"
+    OBJECT_URLS = "object_urls"
+
+
+# Calls per window (Instructure's published limits per client id, each endpoint on its own); cd2_config
+# 'api_limits' overrides them, 'api_limit_window_seconds' the window (only the local emulator shortens it).
+DEFAULT_API_LIMITS: dict[str, int] = {
+    ApiEndpoint.CREATE_JOB: 5,
+    ApiEndpoint.LIST_TABLES: 5,
+    ApiEndpoint.GET_JOB: 500,
+    ApiEndpoint.SCHEMA: 500,
+    ApiEndpoint.OBJECT_URLS: 200,
+}
+DEFAULT_API_LIMIT_WINDOW_SECONDS = 60.0
+# How long one call may keep waiting out 429 responses (each Retry-After honoured) before it fails.
+DEFAULT_RATE_LIMITED_WAIT_SECONDS = 900.0
+
+
+def format_api_limits(limits: dict[str, int]) -> str:
+    """``{"create_job": 5, ...}`` -> ``"create_job=5,..."`` (the argv form)."""
+    return ",".join(f"{ApiEndpoint(name)}={int(count)}" for name, count in sorted(limits.items()))
+
+
+def parse_api_limits(text: str) -> dict[str, int]:
+    """The inverse of :func:`format_api_limits`, over the defaults (empty text: the defaults)."""
+    limits = dict(DEFAULT_API_LIMITS)
+    for item in filter(None, text.split(",")):
+        name, _, count = item.partition("=")
+        try:
+            limits[ApiEndpoint(name)] = int(count)
+        except ValueError:
+            raise ContractError(f"API limit {item!r} is not endpoint=calls") from None
+    return limits
 
 
 class ContractError(ValueError):
@@ -66,6 +110,9 @@ class ErrorCategory(StrEnum):
     TRANSIENT = "transient"
     PERMANENT = "permanent"
     UNKNOWN = "unknown"  # unforeseen: retried once, then failed
+    # The API kept answering 429 for longer than the child waits: another consumer of the same
+    # credentials is using the budget. A retry may help later; it is not a fault of this product.
+    RATE_LIMITED = "rate_limited"
 
 
 @dataclass(frozen=True)
@@ -141,6 +188,8 @@ class ListJob(_Job):
     """List the tables of these namespaces."""
 
     namespace: tuple[str, ...]
+    api_limits: str = ""
+    api_limit_window_seconds: float = DEFAULT_API_LIMIT_WINDOW_SECONDS
     action: Action = Action.LIST
 
 
@@ -157,7 +206,8 @@ class TableJob(_Job):
     table: str
     holder: str = DEFAULT_HOLDER
     lock_wait_seconds: float = DEFAULT_LOCK_WAIT_SECONDS
-    max_active_tables: int = DEFAULT_MAX_ACTIVE_TABLES
+    api_limits: str = ""
+    api_limit_window_seconds: float = DEFAULT_API_LIMIT_WINDOW_SECONDS
     reinit: bool = False
 
     def __post_init__(self) -> None:
@@ -180,7 +230,7 @@ def job_from_argv(argv: list[str]) -> ListJob | TableJob:
     values = vars(parser.parse_args(argv))
     action = Action(values.pop("action"))
     if action is Action.LIST:
-        return ListJob(namespace=tuple(values["namespace"]))
+        return ListJob(**(values | {"namespace": tuple(values["namespace"])}))
     return TableJob(action=action, **values)
 
 

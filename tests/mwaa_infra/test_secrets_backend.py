@@ -42,7 +42,7 @@ out["dap_connection_string"] = postgres_connection_string(host=pg["host"], port=
     password=pg["password"], database=pg["schema"], extra=pg["extra"])
 config = parse_config(backend.get_variable("cd2_config"))
 out["cd2_config"] = {"namespaces": list(config.namespaces), "sns_topic_arn": config.sns_topic_arn,
-                     "max_active_tables": config.max_active_tables, "include": list(config.include)}
+                     "include": list(config.include)}
 print(json.dumps(out))
 """
 
@@ -133,7 +133,6 @@ def test_template_secrets_read_back_as_the_connections_and_variable_the_dag_expe
     assert read["cd2_config"] == {
         "namespaces": ["canvas", "catalog"],
         "sns_topic_arn": TOPIC_ARN,
-        "max_active_tables": 6,
         "include": [],
     }
 

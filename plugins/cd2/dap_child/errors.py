@@ -41,6 +41,10 @@ class PreviousCopyKept(Exception):
     """An init or re-init failed and left the live table as it was; its cause is ``__cause__``."""
 
 
+class RateLimitExhausted(Exception):
+    """The DAP API kept answering 429 Too Many Requests for longer than one call may wait."""
+
+
 class DapEnvironmentError(Exception):
     """A required environment variable of the child is missing."""
 
@@ -260,6 +264,9 @@ def classify(error: BaseException, context: str | None = None) -> ChildError:
 
     ``context`` (e.g. "re-initialization failed; the previous copy is unchanged") is said first.
     """
+    rate_limited = next((e for e in chain(error) if isinstance(e, RateLimitExhausted)), None)
+    if rate_limited is not None:
+        return ChildError(ErrorCategory.RATE_LIMITED, type(rate_limited).__name__, str(rate_limited))
     if isinstance(error, PreviousCopyKept) and error.__cause__ is not None:
         context, error = str(error), error.__cause__
     told = _decide(error)

@@ -1,4 +1,4 @@
-"""Advisory locks in the target database: one table at a time, and at most N tables at once.
+"""Advisory locks in the target database: one table at a time, and one schema change at a time.
 
 Locks live on a dedicated connection whose ``application_name`` names the holder, so a waiter that gives
 up can say which run holds the table. PostgreSQL releases them when that connection ends, including when
@@ -8,8 +8,10 @@ the process is killed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from datetime import datetime
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
@@ -21,7 +23,8 @@ logger = logging.getLogger(__name__)
 
 # Two-int4 advisory lock key spaces, so ours never collide with an application's single-bigint locks.
 TABLE_LOCK_CLASS = 0x43443254  # "CD2T"
-SLOT_LOCK_CLASS = 0x43443253  # "CD2S"
+# Shared-schema DDL (``CREATE SCHEMA IF NOT EXISTS`` races when run concurrently).
+SCHEMA_LOCK_CLASS = 0x4344324D  # "CD2M"
 POLL_SECONDS = 1.0
 # PostgreSQL truncates application_name to 63 bytes.
 APPLICATION_NAME_LIMIT = 63
@@ -68,19 +71,6 @@ async def table_lock_holder(conn: asyncpg.Connection, label: str) -> str | None:
     )
 
 
-async def take_slot(conn: asyncpg.Connection, max_active: int) -> int:
-    """Wait for one of ``max_active`` slots shared by all task instances; return its number."""
-    announced = False
-    while True:
-        for slot in range(max_active):
-            if await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", SLOT_LOCK_CLASS, slot):
-                return slot
-        if not announced:
-            logger.info("%d tables already being worked on (max_active_tables); waiting", max_active)
-            announced = True
-        await asyncio.sleep(POLL_SECONDS)
-
-
 async def table_lock_holding(conn: asyncpg.Connection, label: str) -> tuple[str | None, datetime | None]:
     """Who holds table ``label``'s lock (``application_name``) and since when (its session's start)."""
     row = await conn.fetchrow(
@@ -94,3 +84,13 @@ async def table_lock_holding(conn: asyncpg.Connection, label: str) -> tuple[str 
         label,
     )
     return (row["application_name"], row["backend_start"]) if row else (None, None)
+
+
+@contextlib.asynccontextmanager
+async def schema_lock(conn: asyncpg.Connection) -> AsyncIterator[None]:
+    """Hold the lock that serializes DDL on shared schemas (the client's meta schema, the product's)."""
+    await conn.execute("SELECT pg_advisory_lock($1, 0)", SCHEMA_LOCK_CLASS)
+    try:
+        yield
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1, 0)", SCHEMA_LOCK_CLASS)

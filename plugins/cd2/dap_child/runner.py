@@ -23,16 +23,19 @@ from dap.dap_error import OutOfRangeError, SnapshotRequiredError
 from dap.dap_types import Credentials
 from dap.integration.database import DatabaseConnection
 from dap.replicator.sql import SQLReplicator
+from pysqlsync.base import QueryException
 
 from cd2 import contract
 from cd2.contract import Action, ListJob, ListResult, Outcome, TableJob, TableRef, TableResult
-from cd2.dap_child import locks, server_version, staging, views
+from cd2.dap_child import api_budget, locks, server_version, staging, views
 from cd2.dap_child.ddl_guard import views_kept_around_ddl
 from cd2.dap_child.errors import DapEnvironmentError, LockHeldTooLong, LockTimeout, PreviousCopyKept, classify
 from cd2.dap_child.quoting import quote_ident
 
 logger = logging.getLogger("cd2.dap_child")
 PARENT_POLL_SECONDS = 2.0
+# A version_upgrade that loses a race with a foreign process (the dap CLI) is retried this often.
+VERSION_UPGRADE_TRIES = 3
 
 
 @dataclass(frozen=True)
@@ -98,9 +101,38 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() + "Z" if value.tzinfo is None else value.isoformat()
 
 
+def _pacer(job: ListJob | TableJob) -> api_budget.Pacer:
+    """The shared API budget, in the target database, for this job's limits."""
+    pacer = api_budget.Pacer(
+        _env(contract.ENV_DATABASE_URL),
+        _env(contract.ENV_CLIENT_ID),
+        contract.parse_api_limits(job.api_limits),
+        job.api_limit_window_seconds,
+    )
+    api_budget.install(pacer)
+    return pacer
+
+
 async def list_tables(job: ListJob) -> ListResult:
-    async with _client() as session:
+    async with _pacer(job), _client() as session:
         return ListResult(tables={ns: sorted(await session.get_tables(ns)) for ns in job.namespace})
+
+
+async def version_upgrade(replicator: SQLReplicator, conn: asyncpg.Connection) -> None:
+    """The client's ``version_upgrade`` one child at a time (its ``CREATE SCHEMA IF NOT EXISTS`` races
+    when run concurrently on an empty database); a race lost to a foreign process is retried."""
+    for attempt in range(1, VERSION_UPGRADE_TRIES + 1):
+        try:
+            async with locks.schema_lock(conn):
+                await replicator.version_upgrade()
+            return
+        except QueryException as error:
+            if (
+                not isinstance(error.__cause__, asyncpg.UniqueViolationError)
+                or attempt == VERSION_UPGRADE_TRIES
+            ):
+                raise
+            logger.info("version_upgrade raced with another session (%s); trying again", error.__cause__)
 
 
 @dataclass(frozen=True)
@@ -113,7 +145,7 @@ class _Done:
 
 
 async def replicate_table(job: TableJob) -> TableResult:
-    """Sync or init one table, holding its lock and a max_active_tables slot throughout."""
+    """Sync or init one table, holding its lock throughout; every API call paced by the shared budget."""
     ref = job.ref
     url = _env(contract.ENV_DATABASE_URL)
     started = time.monotonic()
@@ -126,10 +158,9 @@ async def replicate_table(job: TableJob) -> TableResult:
             await locks.lock_table(lock_conn, ref.label, job.lock_wait_seconds)
         except LockTimeout:
             return await _busy(lock_conn, ref, time.monotonic() - started)
-        await locks.take_slot(lock_conn, job.max_active_tables)
-        async with _client() as session:
+        async with _pacer(job), _client() as session:
             replicator = SQLReplicator(session, DatabaseConnection(url))
-            await replicator.version_upgrade()
+            await version_upgrade(replicator, lock_conn)
             # Views saved by a run that died between saving and recreating them.
             await views.restore(lock_conn, ref)
             before = await read_table_state(lock_conn, ref.namespace, ref.name)

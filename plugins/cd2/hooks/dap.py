@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from airflow.sdk import BaseHook
@@ -101,9 +102,9 @@ class DapHook(BaseHook):
 
     # -- public jobs ------------------------------------------------------------------------------
 
-    def list_tables(self, namespaces: Sequence[str]) -> dict[str, list[str]]:
-        """The tables of each namespace, as the API lists them."""
-        payload = self.run_child(ListJob(namespace=tuple(namespaces)), with_database=False)
+    def list_tables(self, namespaces: Sequence[str], **job_options: Any) -> dict[str, list[str]]:
+        """The tables of each namespace, as the API lists them (the database holds the API budget)."""
+        payload = self.run_child(ListJob(namespace=tuple(namespaces), **job_options))
         return self._decode(ListResult, payload).tables
 
     def run_table_job(self, job: TableJob) -> TableResult:
@@ -286,7 +287,7 @@ class DapHook(BaseHook):
         if result.error is None:
             return result
         error = replace(result.error, message=self.without_secrets(result.error.message))
-        if error.category in (ErrorCategory.TRANSIENT, ErrorCategory.UNKNOWN):
+        if error.category in (ErrorCategory.TRANSIENT, ErrorCategory.UNKNOWN, ErrorCategory.RATE_LIMITED):
             raise DapTransientError(error)
         raise DapPermanentError(error)
 

@@ -42,7 +42,11 @@ class ListTablesOperator(BaseOperator):
             requested = parse_table_param(self.tables, "tables")
         except ConfigError as error:
             raise AirflowFailException(str(error)) from None
-        available = DapHook(dap_conn_id=self.dap_conn_id).list_tables(list(config.namespaces))
+        available = DapHook(dap_conn_id=self.dap_conn_id).list_tables(
+            list(config.namespaces),
+            api_limits=config.api_limits_argv,
+            api_limit_window_seconds=config.api_limit_window_seconds,
+        )
         try:
             chosen = select_tables(
                 available, include=config.include, exclude=config.exclude, requested=requested

@@ -73,7 +73,8 @@ class _TableOperator(BaseOperator):
                 table=ref.name,
                 holder=f"{self.dag_id} {context['run_id']}",
                 lock_wait_seconds=self.lock_wait_seconds,
-                max_active_tables=config.max_active_tables,
+                api_limits=config.api_limits_argv,
+                api_limit_window_seconds=config.api_limit_window_seconds,
             )
             try:
                 result = self.run_job(self.hook, job)
@@ -116,7 +117,7 @@ class SyncTableOperator(_TableOperator):
     """Synchronize ``table_label`` (``namespace.table``) if it is initialized; else report init needed.
 
     :param table_label: ``namespace.table``.
-    :param config: the ``cd2_config`` Variable's value (for ``max_active_tables``).
+    :param config: the ``cd2_config`` Variable's value (for ``api_limits``).
     :param force_reinit: tables to drop and re-initialize instead (``ns.table`` or ``table``, globs).
     :param lock_wait_seconds: how long to wait for another task instance working on the same table.
     """

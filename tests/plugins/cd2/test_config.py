@@ -11,26 +11,27 @@ from cd2.config import (
     parse_table_param,
     select_tables,
 )
+from cd2.contract import DEFAULT_API_LIMITS
 
 AVAILABLE = {"canvas": ["accounts", "courses", "users", "user_notes"], "catalog": ["courses"]}
 
 
 def test_empty_or_missing_config_means_defaults():
     for raw in (None, "", "  ", "{}", {}):
-        assert parse_config(raw) == Cd2Config(namespaces=("canvas",), max_active_tables=5)
+        assert parse_config(raw) == Cd2Config(namespaces=("canvas",))
 
 
 def test_config_keys_are_parsed():
     config = parse_config(
         '{"namespaces": ["canvas", "catalog"], "include": ["canvas.*"], "exclude": "user_*", '
-        '"sns_topic_arn": "arn:aws:sns:us-east-1:123456789012:cd2", "max_active_tables": 2}'
+        '"sns_topic_arn": "arn:aws:sns:us-east-1:123456789012:cd2", "api_limits": {"create_job": 10}}'
     )
     assert config == Cd2Config(
         namespaces=("canvas", "catalog"),
         include=("canvas.*",),
         exclude=("user_*",),
         sns_topic_arn="arn:aws:sns:us-east-1:123456789012:cd2",
-        max_active_tables=2,
+        api_limits=tuple(sorted({**DEFAULT_API_LIMITS, "create_job": 10}.items())),
     )
 
 
@@ -43,8 +44,10 @@ def test_config_keys_are_parsed():
         ('{"namespaces": ["canvas", "mastery"]}', "'mastery'"),
         ('{"namespaces": []}', "'namespaces' is empty"),
         ('{"include": [1]}', "'include'"),
-        ('{"max_active_tables": 0}', "'max_active_tables'"),
-        ('{"max_active_tables": true}', "'max_active_tables'"),
+        ('{"max_active_tables": 4}', "moved to the Airflow configuration option"),
+        ('{"api_limits": {"create_jobs": 5}}', "'create_jobs'"),
+        ('{"api_limits": {"create_job": 0}}', "'create_job'"),
+        ('{"api_limit_window_seconds": true}', "'api_limit_window_seconds'"),
         ('{"sns_topic_arn": "my-topic"}', "'sns_topic_arn'"),
     ],
 )

@@ -41,7 +41,8 @@ def test_table_ref_parses_labels():
             holder="cd2 r",
             reinit=True,
             lock_wait_seconds=2.5,
-            max_active_tables=3,
+            api_limits="create_job=7",
+            api_limit_window_seconds=30.0,
         ),  # fmt: skip
     ],
 )

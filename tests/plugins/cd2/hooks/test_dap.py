@@ -169,21 +169,6 @@ def test_a_locked_table_waits_then_is_busy_naming_the_holder_and_argv_has_no_sec
     assert "--holder" in seen[0]
 
 
-def test_max_active_tables_makes_a_table_wait_for_a_free_slot(hook, postgres_server, database_url):
-    other = postgres_server.connect(database_url.rsplit("/", 1)[1])
-    with other.cursor() as cur:
-        cur.execute("SELECT pg_advisory_lock(1128542803, 0)")  # the only slot when max_active_tables=1
-    timer = threading.Timer(3, other.close)
-    started = time.monotonic()
-    timer.start()
-    try:
-        result = sync(hook, "accounts", max_active_tables=1)
-    finally:
-        timer.join()
-    assert result.outcome == "init_needed"
-    assert time.monotonic() - started >= 3
-
-
 def test_the_child_dies_with_a_killed_or_timed_out_task(hook, postgres_server, database_url):
     holder = postgres_server.connect(database_url.rsplit("/", 1)[1])
     try:

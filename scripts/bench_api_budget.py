@@ -1,0 +1,198 @@
+"""Benchmark: a full pass of N tables against the rate-limited emulator, under the real scheduler.
+
+    CD2_AIRFLOW_PYTHON=.venv/airflow-3.3.1/bin/python PYTHONPATH=. \\
+        .venv/airflow-3.3.1/bin/python scripts/bench_api_budget.py --tables 90 --time-scale 2 [--foreign-consumer]
+
+The emulator serves the built-in tables plus generated CD2-shaped ones (a shared schema under names from
+/work/shared/cd2/tables.txt), enforcing the published limits at ``--time-scale``. Prints, for the init
+pass and for a sync pass after an advance: wall, floor (the create-job budget's last slot; the longest
+table task beside it), ratio, 429 responses sent (emulator request log), failed attempts, Airflow's CPU seconds per
+task; then the stock ``dap initdb --table all`` wall on the same emulator. ``--foreign-consumer``: another
+consumer of the same credentials creates 2 jobs a minute (scaled) throughout; the floor is then
+recomputed for the budget left.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from base64 import b64encode
+from pathlib import Path
+
+from local_dap.airflow_home import dap_connection, postgres_connection
+from local_dap.control import start_emulator
+from local_dap.deployment import Deployment
+from local_dap.paths import DAP_BIN
+from local_dap.postgres import temporary_server
+from local_dap.truth import replica_truth
+
+SHARED = Path("/work/shared/cd2")
+CREATE_JOB_LIMIT = 5
+
+
+def generated_schemas(count: int, directory: Path) -> None:
+    """``count`` extra canvas tables, each with the shared accounts schema, named after real CD2 tables."""
+    template = (SHARED / "schemas" / "canvas" / "accounts.json").read_text()
+    names = [
+        line.strip().split(".", 1)[1]
+        for line in (SHARED / "tables.txt").read_text().splitlines()
+        if line.startswith("canvas.")
+    ]
+    taken = {
+        "accounts",
+        "users",
+        "courses",
+        "enrollments",
+        "assignments",
+        "submissions",
+        "pseudonyms",
+        "scores",
+    }
+    names = [name for name in names if name not in taken]
+    (directory / "canvas").mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        name = names[index] if index < len(names) else f"generated_{index}"
+        (directory / "canvas" / f"{name}.json").write_text(template)
+
+
+FOREIGN = {"jobs": 0, "429s": 0}
+
+
+def foreign_consumer(emulator, window: float, stop: threading.Event) -> None:
+    """Another user of the same client id: 2 create-job calls a minute (scaled)."""
+    basic = b64encode(f"{emulator.client_id}:{emulator.client_secret}".encode()).decode()
+    login = urllib.request.Request(
+        f"{emulator.base_url}/ids/auth/login",
+        b"grant_type=client_credentials",
+        {"Authorization": f"Basic {basic}", "Content-Type": "application/x-www-form-urlencoded"},
+    )
+    token = json.load(urllib.request.urlopen(login))["access_token"]
+    while not stop.wait(window / 2):
+        request = urllib.request.Request(
+            f"{emulator.base_url}/dap/query/canvas/table/accounts/data",
+            json.dumps({"format": "tsv", "mode": "condensed"}).encode(),
+            {"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
+        try:
+            urllib.request.urlopen(request).read()
+            FOREIGN["jobs"] += 1
+        except urllib.error.HTTPError as error:
+            FOREIGN["429s"] += error.code == 429
+
+
+def run_pass(airflow: Deployment, emulator, name: str, window: float, budget: float) -> dict:
+    emulator.clear_requests()
+    foreign_before = dict(FOREIGN)
+    sampler = airflow.sample_cpu()
+    started = time.monotonic()
+    run_id = airflow.trigger()
+    state = airflow.wait_for_run(run_id, timeout=7200)
+    wall = time.monotonic() - started
+    cpu = sampler.stop()
+    tasks = airflow.task_instances(run_id)
+    requests = emulator.requests()
+    ours = [r for r in requests if r["endpoint"] == "data"]
+    foreign = {key: FOREIGN[key] - foreign_before[key] for key in FOREIGN}
+    jobs = sum(1 for r in ours if r["status"] < 400) - foreign["jobs"]
+    longest = 0.0
+    for ti in tasks:
+        if ti.task_id.startswith("table.") and ti.state == "success":
+            detail = airflow.api(
+                "GET", f"dags/cd2_replica/dagRuns/{run_id}/taskInstances/{ti.task_id}/{ti.map_index}"
+            )
+            longest = max(longest, detail.get("duration") or 0.0)
+    # The budget's last slot for this many jobs; a task's duration includes its pacer waits, so the
+    # longest task is printed beside it, not added.
+    floor = max(0, (jobs - 1) // budget) * window
+    return {
+        "pass": name,
+        "state": state,
+        "tables": sum(1 for ti in tasks if ti.task_id == "table.sync"),
+        "jobs": jobs,
+        "wall_s": round(wall, 1),
+        "floor_s": round(floor, 1),
+        "ratio": round(wall / floor, 2) if floor else None,
+        "longest_task_s": round(longest, 1),
+        "429s": sum(1 for r in requests if r["status"] == 429) - foreign["429s"],
+        "foreign_jobs": foreign["jobs"],
+        "foreign_429s": foreign["429s"],
+        "failed_attempts": sum(max(0, ti.try_number - 1) for ti in tasks)
+        + sum(ti.state == "failed" for ti in tasks),
+        "airflow_cpu_s_per_task": round(cpu["airflow"] / max(1, sum(ti.try_number > 0 for ti in tasks)), 2),
+        "dap_child_cpu_s": round(cpu["dap_child"], 1),
+        "run_id": run_id,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tables", type=int, default=90)
+    parser.add_argument("--time-scale", type=float, default=2.0)
+    parser.add_argument("--rows", type=int, default=50)
+    parser.add_argument("--max-active-tables", type=int, default=8)
+    parser.add_argument("--parallelism", type=int, default=16)
+    parser.add_argument("--foreign-consumer", action="store_true")
+    args = parser.parse_args()
+    window = 60 / args.time_scale
+    budget = CREATE_JOB_LIMIT - (2 if args.foreign_consumer else 0)
+    schemas = Path(tempfile.mkdtemp(prefix="cd2-bench-schemas-"))
+    generated_schemas(max(0, args.tables - 8), schemas)
+    stop = threading.Event()
+    try:
+        with (
+            temporary_server() as server,
+            start_emulator(
+                rows=args.rows, rate_limits=True, time_scale=args.time_scale, schemas=schemas
+            ) as emulator,
+        ):
+            target = server.create_database("bench_target")
+            connections = {
+                "dap_default": dap_connection(emulator),
+                "cd2_postgres": postgres_connection(target),
+                "aws_default": {"conn_type": "aws"},
+            }
+            config = {"namespaces": ["canvas"], "api_limit_window_seconds": window}
+            env = {"AIRFLOW__CD2__MAX_ACTIVE_TABLES": str(args.max_active_tables)}
+            if args.foreign_consumer:
+                threading.Thread(target=foreign_consumer, args=(emulator, window, stop), daemon=True).start()
+            with Deployment.start(
+                server, connections=connections, config=config, env=env, parallelism=args.parallelism
+            ) as airflow:
+                airflow.unpause()
+                results = [run_pass(airflow, emulator, "init", window, budget)]
+                emulator.advance(changes=20)
+                results.append(run_pass(airflow, emulator, "sync", window, budget))
+                tables = [
+                    ti.label
+                    for ti in airflow.task_instances(results[-1]["run_id"])
+                    if ti.task_id == "table.sync"
+                ]
+            unequal = [
+                t for t in tables if emulator.truth(*t.split(".")) != replica_truth(target, *t.split("."))
+            ]
+            stop.set()
+            stock_target = server.create_database("bench_stock")
+            emulator.clear_requests()
+            started = time.monotonic()
+            subprocess.run(
+                [str(DAP_BIN / "dap"), "--non-interactive", "initdb", "--namespace", "canvas", "--table", "all",
+                 "--connection-string", stock_target],
+                env=emulator.client_env(), check=False, capture_output=True,
+            )  # fmt: skip
+            stock = {"stock_initdb_all_wall_s": round(time.monotonic() - started, 1),
+                     "stock_429s": sum(1 for r in emulator.requests() if r["status"] == 429)}  # fmt: skip
+    finally:
+        stop.set()
+        shutil.rmtree(schemas, ignore_errors=True)
+    print(json.dumps({"args": vars(args), "passes": results, "replica_unequal": unequal, **stock}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

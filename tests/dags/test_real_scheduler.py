@@ -1,0 +1,112 @@
+"""The DAG on a real deployment (local_dap.deployment): concurrency, pacing and the UI's clear path.
+
+One deployment and one rate-limited emulator for the module: a first run of every table at once
+against an empty database, then a clear of one table in that finished run.
+"""
+
+from __future__ import annotations
+
+import psycopg2
+import pytest
+
+from local_dap.airflow_home import dap_connection, postgres_connection
+from local_dap.control import start_emulator
+from local_dap.deployment import Deployment
+from local_dap.truth import replica_truth
+
+# The emulator's limits at this scale: 5 jobs per 10 s, so 10 tables must wait; the pacer is told the same window.
+TIME_SCALE = 6
+NAMESPACES = ["canvas", "canvas_logs", "catalog"]
+
+
+@pytest.fixture(scope="module")
+def emulator():
+    with start_emulator(rows=20, rate_limits=True, time_scale=TIME_SCALE) as emulator:
+        yield emulator
+
+
+@pytest.fixture(scope="module")
+def target(postgres_server) -> str:
+    return postgres_server.create_database("t_real_scheduler")
+
+
+@pytest.fixture(scope="module")
+def airflow(postgres_server, emulator, target):
+    connections = {
+        "dap_default": dap_connection(emulator),
+        "cd2_postgres": postgres_connection(target),
+        "aws_default": {"conn_type": "aws"},
+    }
+    config = {"namespaces": NAMESPACES, "api_limit_window_seconds": 60 / TIME_SCALE}
+    env = {"AIRFLOW__CD2__MAX_ACTIVE_TABLES": "16"}
+    with Deployment.start(postgres_server, connections=connections, config=config, env=env) as airflow:
+        airflow.unpause()
+        yield airflow
+
+
+@pytest.fixture(scope="module")
+def first_run(airflow, emulator) -> str:
+    emulator.clear_requests()
+    run_id = airflow.trigger()
+    airflow.wait_for_run(run_id, timeout=900)
+    return run_id
+
+
+def labels(airflow, run_id) -> list[str]:
+    return sorted(ti.label for ti in airflow.task_instances(run_id) if ti.task_id == "table.sync")
+
+
+def assert_replica_equals_truth(emulator, target, tables):
+    for label in tables:
+        namespace, table = label.split(".")
+        assert emulator.truth(namespace, table) == replica_truth(target, namespace, table), label
+
+
+def test_a_first_run_of_every_table_at_once_initializes_all_without_a_429(
+    airflow, emulator, target, first_run
+):
+    assert airflow.run_state(first_run) == "success"
+    tables = labels(airflow, first_run)
+    assert len(tables) == 10
+    states = {(ti.task_id, ti.label): (ti.state, ti.try_number) for ti in airflow.task_instances(first_run)}
+    assert {states[("table.init", label)] for label in tables} == {("success", 1)}  # no retry either
+    with psycopg2.connect(target) as conn, conn.cursor() as cur:
+        cur.execute("SELECT source_namespace || '.' || source_table FROM instructure_dap.table_sync")
+        assert sorted(row[0] for row in cur.fetchall()) == tables
+    assert_replica_equals_truth(emulator, target, tables)
+    inits = [ti for ti in airflow.task_instances(first_run) if ti.task_id == "table.init"]
+    logs = [airflow.task_log(first_run, ti.task_id, ti.try_number, ti.map_index) for ti in inits]
+    assert any("for the DAP API's create-job budget" in log for log in logs)  # the pacer did pace
+    statuses = [request["status"] for request in emulator.requests()]
+    assert statuses.count(429) == 0
+    assert sum(1 for r in emulator.requests() if r["endpoint"] == "data") == len(tables)
+
+
+def test_clearing_one_table_reruns_exactly_its_tasks_notify_and_the_watcher(
+    airflow, emulator, target, first_run
+):
+    before = {(ti.task_id, ti.map_index): ti.try_number for ti in airflow.task_instances(first_run)}
+    sync = next(
+        ti
+        for ti in airflow.task_instances(first_run)
+        if ti.label == "canvas.users" and ti.task_id == "table.sync"
+    )
+    emulator.advance(changes=10)
+    cleared = airflow.clear(first_run, [("table.sync", sync.map_index)])
+    assert {(ti["task_id"], ti["map_index"]) for ti in cleared} == {
+        ("table.sync", sync.map_index),
+        ("table.init", sync.map_index),
+        ("notify", -1),
+        ("fail_if_any_table_failed", -1),
+    }
+    assert airflow.wait_for_run(first_run, timeout=600) == "success"
+    after = {(ti.task_id, ti.map_index): ti.try_number for ti in airflow.task_instances(first_run)}
+    rerun = {key for key in after if after[key] != before[key]}
+    assert rerun <= {
+        ("table.sync", sync.map_index),
+        ("table.init", sync.map_index),
+        ("notify", -1),
+        ("fail_if_any_table_failed", -1),
+    }
+    assert ("table.sync", sync.map_index) in rerun and ("notify", -1) in rerun
+    assert_replica_equals_truth(emulator, target, ["canvas.users"])
