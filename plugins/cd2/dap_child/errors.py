@@ -20,6 +20,14 @@ class DapEnvironmentError(Exception):
     """A required environment variable of the child is missing."""
 
 
+class DiskSpaceError(Exception):
+    """``$TMPDIR`` cannot hold the next object to download (see :mod:`cd2.dap_child.streaming`)."""
+
+
+class TruncatedDownloadError(Exception):
+    """A download ended before its gzip stream did; downloading it again is the cure."""
+
+
 _PERMANENT_HINTS: tuple[tuple[type[BaseException], str], ...] = (
     (
         dap_error.AuthenticationError,
@@ -42,6 +50,7 @@ _PERMANENT_HINTS: tuple[tuple[type[BaseException], str], ...] = (
     ),
     (LockTimeout, "another task instance is working on this table"),
     (DapEnvironmentError, "the child process was started without its environment"),
+    (DiskSpaceError, "the worker's disk is too small for this table's objects"),
     (asyncpg.InvalidPasswordError, "PostgreSQL rejected the login: check the cd2_postgres connection"),
     (asyncpg.InvalidAuthorizationSpecificationError, "PostgreSQL rejected the login: check cd2_postgres"),
     (asyncpg.InvalidCatalogNameError, "the database does not exist: check the cd2_postgres schema field"),
@@ -62,6 +71,10 @@ def classify(error: BaseException) -> ChildError:
     for error_type, hint in _PERMANENT_HINTS:
         if isinstance(error, error_type):
             return ChildError(ErrorCategory.PERMANENT, type(error).__name__, f"{_describe(error)} ({hint})")
+    if isinstance(error, TruncatedDownloadError):
+        return ChildError(
+            ErrorCategory.TRANSIENT, type(error).__name__, f"{error} (a retry downloads it again)"
+        )
     # 5xx after the client's own retries, ProcessingError, failed jobs, connection resets, timeouts,
     # and anything unforeseen: Airflow's bounded retries.
     return ChildError(ErrorCategory.TRANSIENT, type(error).__name__, _describe(error))
