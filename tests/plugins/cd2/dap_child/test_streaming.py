@@ -235,9 +235,7 @@ def tsv_bytes(emulator, table: str) -> int:
         headers={
             "Content-Type": "application/x-www-form-urlencoded",
             "Authorization": "Basic "
-            + __import__("base64")
-            .b64encode(f"{emulator.client_id}:{emulator.client_secret}".encode())
-            .decode(),
+            + base64.b64encode(f"{emulator.client_id}:{emulator.client_secret}".encode()).decode(),
         },
     )
     token = json.loads(urllib.request.urlopen(token_request).read())["access_token"]
