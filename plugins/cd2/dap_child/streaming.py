@@ -55,6 +55,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 import zlib
 from collections import deque
 from importlib import metadata
@@ -215,6 +216,8 @@ class ObjectStream:
         self.loading = False
         self.largest = 0
         self.peak_bytes = 0
+        self.download_seconds = 0.0
+        self.load_seconds = 0.0
 
     async def __aenter__(self) -> ObjectStream:
         self.root = tempfile.mkdtemp(prefix="cd2-objects-")
@@ -230,7 +233,9 @@ class ObjectStream:
 
     async def _download(self, index: int, obj: Any) -> str:
         folder = os.path.join(self.root, f"{index:06d}")
+        started = time.perf_counter()
         await self.session.download_object(obj, folder, decompress=True)
+        self.download_seconds += time.perf_counter() - started
         return folder
 
     def _room(self) -> bool:
@@ -265,11 +270,22 @@ class ObjectStream:
             self.loading = True
             self._top_up()
             self.peak_bytes = max(self.peak_bytes, _folder_bytes(self.root))
+            started = time.perf_counter()
             try:
                 yield folder
             finally:
+                self.load_seconds += time.perf_counter() - started
                 shutil.rmtree(folder, ignore_errors=True)
                 self.loading = False
+
+    def log_summary(self) -> None:
+        logger.info(
+            "streamed %d objects: downloads %.1f s, loads %.1f s, at most %d bytes on disk when a load started",
+            len(self.objects),
+            self.download_seconds,
+            self.load_seconds,
+            self.peak_bytes,
+        )
 
 
 def _folder_bytes(folder: str) -> int:
@@ -310,9 +326,7 @@ async def init_run(self: Any) -> None:
         await self.explorer.synchronize(modules=[meta_schema, self.namespace_module])
         async for folder in stream:
             await self.init_insert_data_from_files_to_db(self.conn, entity_type, folder)
-    logger.info(
-        "streamed %d objects, at most %d bytes on disk at once", len(stream.objects), stream.peak_bytes
-    )
+    stream.log_summary()
     await initdb_insert_table_metadata(
         self.conn, self.namespace, table_data, schema, self.table_name, versioned_schema
     )
@@ -352,9 +366,7 @@ async def sync_run(self: Any) -> None:
             await self.sync_insert_data_from_files_to_db(
                 self.conn, entity_type, folder, self.namespace, self.table_name, self.dialect
             )
-    logger.info(
-        "streamed %d objects, at most %d bytes on disk at once", len(stream.objects), stream.peak_bytes
-    )
+    stream.log_summary()
     await sync_upsert_table_metadata(
         self.conn, self.namespace, result, schema, table_meta, self.table_name, versioned_schema
     )
