@@ -12,8 +12,9 @@ from cd2.operators.list_tables import ListTablesOperator
 from cd2.operators.notify import NotifyRunOperator
 from cd2.operators.replicate import TABLE_LABEL_CONTEXT_KEY, InitTableOperator, SyncTableOperator
 
-# DAP refreshes its data every 4 hours; MWAA sets [cd2] schedule from its configuration options.
-SCHEDULE = conf.get("cd2", "schedule", fallback="0 */4 * * *")
+# DAP refreshes its data every 4 hours; MWAA sets [cd2] schedule from its configuration options
+# (empty: triggered runs only).
+SCHEDULE = conf.get("cd2", "schedule", fallback="0 */4 * * *") or None
 CONFIG = "{{ var.value.get('cd2_config', '') }}"
 
 DOC = """
@@ -30,7 +31,7 @@ run fail when a table failed, after the notification went out.
 * Variable `cd2_config` (JSON, all keys optional): `namespaces`, `include`, `exclude`,
   `sns_topic_arn`, `max_active_tables`.
 * Params: `tables` (only these), `force_reinit` (drop and re-initialize these).
-* Schedule: Airflow configuration option `[cd2] schedule` (default every 4 hours).
+* Schedule: Airflow configuration option `[cd2] schedule` (default every 4 hours; empty: manual only).
 """
 
 
