@@ -52,8 +52,11 @@ def _pss_kib(pid: int) -> int:
 class TaskMemory(threading.Thread):
     """Peak of (supervisor + task process + DAP child) resident memory, sampled from /proc."""
 
-    def __init__(self, interval: float = 0.1) -> None:
+    def __init__(self, sessions: set[int], interval: float = 0.1) -> None:
         super().__init__(daemon=True)
+        self.sessions = (
+            sessions  # the deployment's components: other DAP children on the machine are not ours
+        )
         self.interval = interval
         self.peak = {"total": 0, "total_pss": 0, "supervisor": 0, "task": 0, "child": 0}
         self._stop_event = threading.Event()
@@ -65,6 +68,9 @@ class TaskMemory(threading.Thread):
                     continue
                 try:
                     if MARK not in (entry / "cmdline").read_bytes():
+                        continue
+                    stat = (entry / "stat").read_text()
+                    if int(stat[stat.rindex(")") + 2 :].split()[3]) not in self.sessions:
                         continue
                     child = _status(int(entry.name))
                     task = _status(int(child["PPid"]))
@@ -102,7 +108,7 @@ def main() -> None:
                 config = {"include": [args.table]}
                 with Deployment.start(pg, connections=connections, config=config) as airflow:
                     airflow.unpause()
-                    sampler = TaskMemory()
+                    sampler = TaskMemory({p.pid for p in airflow.processes.values()})
                     sampler.start()
                     run_id = airflow.trigger(conf={"tables": [args.table]})
                     state = airflow.wait_for_run(run_id, timeout=3600)

@@ -4,14 +4,15 @@ and keep ``$TMPDIR`` from filling up.
 What it patches (instructure-dap-client 2.3.1, versions in ``VERIFIED_CLIENT_VERSIONS`` only):
 
 - ``dap.api.DAPSession.download_resource`` (always, unless the version is unverified): the same download
-  (same URL, headers, file name, path-traversal guard, ``DownloadError`` on an HTTP error, 64 KiB chunks
+  (same URL, headers, file name, path-traversal guard, ``DownloadError`` on an HTTP error, chunks
   gunzipped with ``zlib.decompressobj(16 + MAX_WBITS)``), plus three checks the client lacks:
   1. the gzip stream reached its end (``decompressor.eof``; zlib then checked the trailer's CRC and
      length too), else :class:`~cd2.dap_child.errors.TruncatedDownloadError` (transient: the retry
      downloads again) is raised before a row of that object is loaded;
   2. the disk guard (:class:`DiskGuard`, rule below), else :class:`~cd2.dap_child.errors.DiskSpaceError`
      (permanent), also raised for ``ENOSPC``;
-  3. gunzip and write run in a worker thread (zlib releases the GIL), so they overlap the load.
+  3. gunzip and write run in a worker thread, 1 MiB at a time (zlib releases the GIL), so they overlap
+     the load.
 - ``dap.replicator.sql_op_init.SqlOpInit.run`` and ``dap.replicator.sql_op_sync.SqlOpSync.run`` (unless
   ``CD2_STREAMING=0``): the client's own steps and calls in the client's order (schema, table_sync
   check, query job, ``explorer.synchronize``, load, metadata write last), except that
@@ -71,7 +72,7 @@ VERIFIED_CLIENT_VERSIONS = frozenset({"2.3.1"})
 SETTING = "CD2_STREAMING"
 PREFETCH_SETTING = "CD2_STREAMING_PREFETCH"
 DEFAULT_PREFETCH = 1
-DOWNLOAD_CHUNK = 64 * 1024
+DOWNLOAD_CHUNK = 1024 * 1024
 CHECK_EVERY_BYTES = 4 * 1024 * 1024
 MAX_RESERVE_BYTES = 64 * 1024 * 1024
 MIB = 1024 * 1024
