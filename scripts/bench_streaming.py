@@ -40,7 +40,7 @@ os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="cd2-bench-airflow
 
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 
-from bench_emulator import _call, _download_lines, serve_snapshot  # noqa: E402
+from bench_emulator import _call, _download_lines  # noqa: E402
 
 from local_dap.airflow_home import dap_connection, postgres_connection  # noqa: E402
 from local_dap.control import start_emulator  # noqa: E402
@@ -220,21 +220,29 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def serve_incremental(emulator, namespace: str, name: str, since: str) -> tuple[int, float]:
+def serve_snapshot(emulator, namespace: str, name: str) -> tuple[int, float]:
+    """Download a whole snapshot, 4 objects at a time, each URL asked for just before its download
+    (the emulator's signed URLs expire after 15 minutes, sooner than a first pass over 5M rows)."""
+    return serve_incremental(emulator, namespace, name, None)
+
+
+def serve_incremental(emulator, namespace: str, name: str, since: str | None) -> tuple[int, float]:
     """Download the incremental since ``since`` as the client will ask for it; rows and seconds."""
     token = _call(emulator, "POST", "/ids/auth/login", None, form="grant_type=client_credentials")[
         "access_token"
     ]
     started = time.monotonic()
-    job = _call(emulator, "POST", f"/dap/query/{namespace}/table/{name}/data", token,
-                {"format": "tsv", "mode": "condensed", "since": since})  # fmt: skip
+    query = {"format": "tsv", "mode": "condensed"} | ({"since": since} if since else {})
+    job = _call(emulator, "POST", f"/dap/query/{namespace}/table/{name}/data", token, query)
     job = _call(emulator, "GET", f"/dap/job/{job['id']}", token)
-    urls = [
-        _call(emulator, "POST", "/dap/object/url", token, [obj])["urls"][obj["id"]]["url"]
-        for obj in job["objects"]
-    ]
+
+    def download(obj: dict) -> int:
+        return _download_lines(
+            _call(emulator, "POST", "/dap/object/url", token, [obj])["urls"][obj["id"]]["url"]
+        )
+
     with ThreadPoolExecutor(4) as pool:
-        rows = sum(pool.map(_download_lines, urls))
+        rows = sum(pool.map(download, job["objects"]))
     return rows, time.monotonic() - started
 
 
