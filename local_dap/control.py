@@ -154,6 +154,7 @@ def start_emulator(
     job_polls: int = 0,
     rate_limits: bool = False,
     time_scale: float = 1.0,
+    cache: bool = True,
     python: Path = DAP_PYTHON,
 ) -> Iterator[EmulatorProcess]:
     """Run ``python -m local_dap.emulator`` on a free loopback port with fresh random credentials."""
@@ -168,6 +169,8 @@ def start_emulator(
         args += ["--part-rows", str(part_rows)]
     if rate_limits:
         args.append("--rate-limits")
+    if not cache:
+        args.append("--no-cache")
     env = dict(os.environ, DAP_EMULATOR_CLIENT_ID=client_id, DAP_EMULATOR_CLIENT_SECRET=client_secret)
     process = subprocess.Popen(args, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, text=True)
     try:

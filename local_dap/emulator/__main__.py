@@ -11,12 +11,16 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
+import signal
 import sys
+import tempfile
 from pathlib import Path
 
 from aiohttp import web
 
 from .builtin import builtin_tables
+from .cache import PartCache
 from .schema import NAMESPACES, TableDef, table_from_schema
 from .server import Emulator, Settings, make_app
 
@@ -54,6 +58,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--client-secret", default=os.environ.get("DAP_EMULATOR_CLIENT_SECRET", "emulator-secret")
     )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="where generated part files are kept and served from (default: a temporary folder, removed at exit)",
+    )
+    parser.add_argument("--no-cache", action="store_true", help="generate every download on the fly")
     return parser.parse_args(argv)
 
 
@@ -73,7 +83,10 @@ async def serve(args: argparse.Namespace) -> None:
         time_scale=args.time_scale,
         tables=tables,
     )
-    runner = web.AppRunner(make_app(Emulator(settings)), access_log=None)
+    emulator = Emulator(settings)
+    if not args.no_cache:
+        emulator.cache = PartCache(args.cache_dir or Path(tempfile.mkdtemp(prefix="dap-emulator-cache-")))
+    runner = web.AppRunner(make_app(emulator), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port)
     await site.start()
@@ -83,9 +96,16 @@ async def serve(args: argparse.Namespace) -> None:
         await asyncio.Event().wait()
     finally:
         await runner.cleanup()
+        if emulator.cache is not None and args.cache_dir is None:
+            shutil.rmtree(emulator.cache.folder, ignore_errors=True)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> None:
+    signal.signal(signal.SIGTERM, _interrupt)  # stop() terminates us: clean up the cache folder too
     try:
         asyncio.run(serve(parse_args(argv)))
     except KeyboardInterrupt:

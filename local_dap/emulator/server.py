@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from .auth import Authority
+from .cache import PartCache
 from .encoding import format_timestamp, parse_timestamp
 from .faults import Fault, FaultBook
 from .formats import EXTENSIONS, FORMATS, MODES, Encoder, gzip_chunks
@@ -111,6 +112,7 @@ class Emulator:
         self.settings = settings
         self.authority = Authority(settings.client_id, settings.client_secret, secrets.token_bytes(32))
         self.url_key = secrets.token_bytes(32)
+        self.cache: PartCache | None = None
         self.reset()
 
     def reset(self, seed: int | None = None, rows: int | None = None) -> None:
@@ -291,12 +293,33 @@ class Emulator:
             await response.write(data[:cut])
             request.transport.close()
             return response
+        if self.cache is not None:
+            path = await self.cache.path(self.part_key(job, part), lambda: self.part_chunks(job, part))
+            return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
         await response.prepare(request)
         for chunk in chunks:
             await response.write(chunk)
             await asyncio.sleep(0)
         await response.write_eof()
         return response
+
+    def part_key(self, job: Job, part: int) -> str:
+        """What part ``part`` of ``job`` contains depends on, as a cache key (see :mod:`.cache`)."""
+        source = self.source.table(job.namespace, job.table.name)
+        return PartCache.key(
+            self.settings.seed,
+            source.base_rows,
+            job.namespace,
+            [(epoch.since, epoch.table.version, epoch.table.to_schema()) for epoch in source.epochs],
+            job.table.to_schema(),
+            len(source.log_ts),
+            job.format,
+            job.mode,
+            job.at,
+            job.since,
+            job.until,
+            hashlib.sha256(repr(job.parts[part]).encode()).hexdigest(),
+        )
 
     def part_chunks(self, job: Job, part: int, batch: int = 2000, flush: bool = False):
         source = self.source.table(job.namespace, job.table.name)

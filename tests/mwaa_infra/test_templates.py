@@ -145,3 +145,18 @@ def test_network_has_one_or_two_nat_gateways_and_private_routes() -> None:
     routes = resources_of_type(template, "AWS::EC2::Route")
     private = [r["Properties"] for name, r in routes.items() if name.startswith("PrivateDefaultRoute")]
     assert len(private) == 2 and all("NatGatewayId" in route for route in private)
+
+
+def test_every_environment_class_bounds_the_tasks_a_worker_runs(main_template: dict) -> None:
+    classes = main_template["Parameters"]["EnvironmentClass"]["AllowedValues"]
+    sizing = main_template["Mappings"]["WorkerSizing"]
+    assert set(sizing) == set(classes)
+    for branch in main_template["Resources"]["Environment"]["Properties"]["AirflowConfigurationOptions"][
+        "Fn::If"
+    ][1:]:
+        assert branch["celery.worker_autoscale"] == {
+            "Fn::FindInMap": ["WorkerSizing", {"Ref": "EnvironmentClass"}, "Autoscale"]
+        }
+    # mw1.small: 2 GiB; about 0.8 GiB for MWAA's own worker processes, about 0.4 GiB per table task.
+    high, low = (int(n) for n in sizing["mw1.small"]["Autoscale"].split(","))
+    assert 1 <= low <= high <= 3

@@ -49,6 +49,14 @@ class DapEnvironmentError(Exception):
     """A required environment variable of the child is missing."""
 
 
+class DiskSpaceError(Exception):
+    """``$TMPDIR`` cannot hold the next object to download (see :mod:`cd2.dap_child.streaming`)."""
+
+
+class TruncatedDownloadError(Exception):
+    """A download ended before its gzip stream did; downloading it again is the cure."""
+
+
 TRANSIENT, PERMANENT, UNKNOWN = ErrorCategory.TRANSIENT, ErrorCategory.PERMANENT, ErrorCategory.UNKNOWN
 
 RECONNECT = (
@@ -149,8 +157,8 @@ def _os_error(error: BaseException) -> tuple[ErrorCategory, str] | None:
         return None
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         return PERMANENT, (
-            "the worker's disk is full (the client downloads the whole table into TMPDIR first): free space "
-            "or give the worker more disk, then re-run; the replica keeps its previous copy"
+            "the worker's disk is full: free space or give the worker more disk, then re-run; the replica "
+            "keeps its previous copy"
         )
     if isinstance(error, ssl.SSLError):
         return (
@@ -183,6 +191,13 @@ def _rule(error: BaseException) -> tuple[ErrorCategory, str] | None:
         return TRANSIENT, "another run is working on this table: the retry waits for it"
     if isinstance(error, DapEnvironmentError):
         return PERMANENT, "the child process was started without its environment: check the DAP hook"
+    if isinstance(error, DiskSpaceError):
+        return PERMANENT, (
+            "the worker's TMPDIR cannot hold this table's next object: give the worker more disk or run "
+            "fewer tables per worker (docs/deploy.md, sizing); the replica keeps its previous copy"
+        )
+    if isinstance(error, TruncatedDownloadError):
+        return TRANSIENT, "a download ended before its data did: the retry downloads it again"
     if isinstance(error, asyncpg.PostgresError):
         sqlstate = getattr(error, "sqlstate", None) or ""
         return _SQLSTATES.get(sqlstate) or _SQLSTATE_CLASSES.get(sqlstate[:2])

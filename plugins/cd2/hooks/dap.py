@@ -36,7 +36,7 @@ PLUGINS_DIR = Path(__file__).resolve().parents[2]
 PASSED_THROUGH = (
     "PATH", "HOME", "TMPDIR", "LANG", "LC_ALL", "TZ", "SSL_CERT_FILE", "SSL_CERT_DIR",
     "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
-    "CD2_ACCELERATED_READER",
+    "CD2_ACCELERATED_READER", "CD2_STREAMING", "CD2_STREAMING_PREFETCH",
 )  # fmt: skip
 KILL_GRACE_SECONDS = 10
 TAIL_LINES = 20

@@ -11,7 +11,9 @@ Prints one line ``DRIVER_RESULT {json}`` with ``accelerated`` (what ``install()`
 (the reader class the client's init/sync modules use), ``seconds`` (the operation alone, after imports),
 ``download_seconds`` (the client downloading and gunzipping the objects), ``load_seconds`` (the client
 reading the downloaded files into the database: the part the accelerator speeds up) and ``max_rss_kib``
-(the process's peak resident set size). The timings wrap the client's own methods without changing them.
+(the process's peak resident set size). With ``CD2_STREAMING`` set (``1`` or ``0``), it also installs
+:mod:`cd2.dap_child.streaming` as the child does and reports what ``install()`` returned as
+``streaming``; unset, the client's own download path runs unpatched. The timings wrap the client's own methods without changing them.
 With ``CD2_DRIVER_KEEP_FILES=DIR``, the downloaded TSV files are also copied to DIR (for a raw COPY of
 the very same bytes in the benchmark), outside the download and load timings.
 """
@@ -94,6 +96,11 @@ def main(argv: list[str]) -> None:
     from cd2.dap_child.accelerated_reader import install
 
     accelerated = install()
+    streaming = None
+    if "CD2_STREAMING" in os.environ:  # else the client's own download-then-load path, unpatched
+        from cd2.dap_child import streaming as streaming_module
+
+        streaming = streaming_module.install()
     from dap.api import DAPSession
     from dap.replicator import sql_op_init, sql_op_sync
 
@@ -109,6 +116,7 @@ def main(argv: list[str]) -> None:
     seconds = time.perf_counter() - started
     result = {
         "accelerated": accelerated,
+        "streaming": streaming,
         "reader": ",".join(sorted(readers)),
         "seconds": seconds,
         **phases,
