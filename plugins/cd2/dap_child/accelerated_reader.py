@@ -32,12 +32,12 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-from importlib import metadata
 from typing import Any, Protocol
+
+from cd2.dap_child.client_version import CLIENT_DISTRIBUTION, installed_version
 
 logger = logging.getLogger(__name__)
 
-CLIENT_DISTRIBUTION = "instructure-dap-client"
 VERIFIED_CLIENT_VERSIONS = frozenset({"2.3.1"})
 SETTING = "CD2_ACCELERATED_READER"
 CHUNK_SIZE = 4 * 1024 * 1024
@@ -120,10 +120,7 @@ def install() -> bool:
     if not is_enabled():
         logger.info("accelerated TSV reader turned off by %s; using the DAP client's stock reader", SETTING)
         return False
-    try:
-        version = metadata.version(CLIENT_DISTRIBUTION)
-    except metadata.PackageNotFoundError:
-        version = None
+    version = installed_version()
     if version not in VERIFIED_CLIENT_VERSIONS:
         logger.warning(
             "accelerated TSV reader not installed: %s %s is not a verified version (%s); "

@@ -28,7 +28,6 @@ import hashlib
 import logging
 import re
 import time
-from importlib import metadata
 from typing import Any
 
 import asyncpg
@@ -41,11 +40,11 @@ from cd2.contract import (
     ApiEndpoint,
 )
 from cd2.dap_child import locks
+from cd2.dap_child.client_version import CLIENT_DISTRIBUTION, installed_version
 from cd2.dap_child.errors import RateLimitExhausted
 
 logger = logging.getLogger(__name__)
 
-CLIENT_DISTRIBUTION = "instructure-dap-client"
 VERIFIED_CLIENT_VERSIONS = frozenset({"2.3.1"})
 BUDGET_LOCK_CLASS = 0x43443242  # "CD2B"
 TOO_MANY_REQUESTS = 429
@@ -254,10 +253,7 @@ _pacer: Pacer | None = None
 def install(pacer: Pacer) -> bool:
     """Pace every DAP session created from now on with ``pacer``; whether the patch is active."""
     global _pacer
-    try:
-        version = metadata.version(CLIENT_DISTRIBUTION)
-    except metadata.PackageNotFoundError:
-        version = None
+    version = installed_version()
     if version not in VERIFIED_CLIENT_VERSIONS:
         logger.warning(
             "DAP API pacer not installed: %s %s is not a verified version (%s); calls are not paced",

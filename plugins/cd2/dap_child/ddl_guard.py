@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from importlib import metadata
 
 import asyncpg
 from pysqlsync import base
@@ -25,18 +24,18 @@ from pysqlsync.formation.inspection import get_entity_types
 
 from cd2.contract import TableRef
 from cd2.dap_child import views
+from cd2.dap_child.client_version import CLIENT_DISTRIBUTION, installed_version
 from cd2.dap_child.quoting import qualified
 
 logger = logging.getLogger(__name__)
 
-CLIENT_DISTRIBUTION = "instructure-dap-client"
 VERIFIED_CLIENT_VERSIONS = frozenset({"2.3.1"})
 
 
 @asynccontextmanager
 async def views_kept_around_ddl(conn: asyncpg.Connection, ref: TableRef) -> AsyncIterator[None]:
     """While inside, any DDL the client runs on ``ref`` saves, drops and recreates its views."""
-    version = metadata.version(CLIENT_DISTRIBUTION)
+    version = installed_version()
     if version not in VERIFIED_CLIENT_VERSIONS:
         logger.warning(
             "%s %s is not verified for the view guard; views may block DDL", CLIENT_DISTRIBUTION, version

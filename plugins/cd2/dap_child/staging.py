@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
-from importlib import metadata
 
 import asyncpg
 from dap.integration.database import DatabaseConnection
@@ -31,11 +30,11 @@ from dap.replicator.sql_op import get_module_for_namespace
 
 from cd2.contract import TableRef
 from cd2.dap_child import views
+from cd2.dap_child.client_version import CLIENT_DISTRIBUTION, installed_version
 from cd2.dap_child.quoting import qualified, quote_ident
 
 logger = logging.getLogger(__name__)
 
-CLIENT_DISTRIBUTION = "instructure-dap-client"
 VERIFIED_CLIENT_VERSIONS = frozenset({"2.3.1"})
 STAGING_PREFIX = "cd2_stage_"
 LIVE_META_SCHEMA = "instructure_dap"
@@ -60,7 +59,7 @@ class Stage:
 
 def staging_connection(url: str, ref: TableRef, stage: Stage) -> DatabaseConnection:
     """The client's connection for ``url``, mapping ``ref``'s namespace and the metadata to ``stage``."""
-    version = metadata.version(CLIENT_DISTRIBUTION)
+    version = installed_version()
     if version not in VERIFIED_CLIENT_VERSIONS:
         raise StagingUnsupported(
             f"{CLIENT_DISTRIBUTION} {version} is not verified for staged initialization "

@@ -59,15 +59,14 @@ import tempfile
 import time
 import zlib
 from collections import deque
-from importlib import metadata
 from typing import Any
 from urllib.parse import urlparse
 
+from cd2.dap_child.client_version import CLIENT_DISTRIBUTION, installed_version
 from cd2.dap_child.errors import DapEnvironmentError, DiskSpaceError, TruncatedDownloadError
 
 logger = logging.getLogger(__name__)
 
-CLIENT_DISTRIBUTION = "instructure-dap-client"
 VERIFIED_CLIENT_VERSIONS = frozenset({"2.3.1"})
 SETTING = "CD2_STREAMING"
 PREFETCH_SETTING = "CD2_STREAMING_PREFETCH"
@@ -377,10 +376,7 @@ async def sync_run(self: Any) -> None:
 
 
 def _verified_version() -> str | None:
-    try:
-        version = metadata.version(CLIENT_DISTRIBUTION)
-    except metadata.PackageNotFoundError:
-        version = None
+    version = installed_version()
     if version in VERIFIED_CLIENT_VERSIONS:
         return version
     logger.warning(

@@ -18,6 +18,7 @@ import pytest
 
 from cd2.dap_child import accelerated_reader
 from local_dap.emulator.builtin import builtin_tables
+from tests.plugins.cd2.dap_child import driving
 from tests.support.paths import DAP_PYTHON
 
 HERE = Path(__file__).resolve().parent
@@ -155,25 +156,15 @@ def test_accelerated_reader_yields_the_clients_own_records(tmp_path: Path) -> No
 
 # -- the replica, end to end: the client with and without the accelerator against the emulator ---------
 
-DRIVER = HERE / "replicate_driver.py"
 BUILTIN_TABLES = [(t.namespace, t.name) for t in builtin_tables()]
 APPEND_ONLY_TABLES = {(t.namespace, t.name) for t in builtin_tables() if t.append_only}
 MODES = {"stock": "0", "accelerated": "1"}
 
 
 def run_driver(emulator, database_url: str, operation: str, namespace: str, table: str, mode: str) -> dict:
-    env = emulator.client_env(CD2_REPLICA_URL=database_url, CD2_ACCELERATED_READER=MODES[mode])
-    result = subprocess.run(
-        [str(DAP_PYTHON), str(DRIVER), operation, namespace, table],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,
+    return driving.run_driver(
+        emulator, database_url, operation, namespace, table, CD2_ACCELERATED_READER=MODES[mode]
     )
-    assert result.returncode == 0, f"{mode} {operation} {namespace}.{table}:\n{result.stderr[-3000:]}"
-    line = next(x for x in result.stdout.splitlines() if x.startswith("DRIVER_RESULT "))
-    return json.loads(line.removeprefix("DRIVER_RESULT "))
 
 
 def table_sync_rows(postgres_server, database_url: str) -> list[tuple]:

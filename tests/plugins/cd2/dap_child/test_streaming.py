@@ -24,27 +24,16 @@ from local_dap.airflow_home import dap_connection, postgres_connection
 from local_dap.control import start_emulator
 from local_dap.emulator.builtin import builtin_tables
 from local_dap.truth import replica_truth
+from tests.plugins.cd2.dap_child import driving
 from tests.support.paths import DAP_PYTHON
 
 HERE = Path(__file__).resolve().parent
-DRIVER = HERE / "replicate_driver.py"
 BUILTIN_TABLES = [(t.namespace, t.name) for t in builtin_tables()]
 MODES = {"download_then_load": "0", "streaming": "1"}
 
 
 def run_driver(emulator, database_url: str, operation: str, namespace: str, table: str, mode: str) -> dict:
-    env = emulator.client_env(CD2_REPLICA_URL=database_url, CD2_STREAMING=MODES[mode])
-    result = subprocess.run(
-        [str(DAP_PYTHON), str(DRIVER), operation, namespace, table],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, f"{mode} {operation} {namespace}.{table}:\n{result.stderr[-3000:]}"
-    line = next(x for x in result.stdout.splitlines() if x.startswith("DRIVER_RESULT "))
-    return json.loads(line.removeprefix("DRIVER_RESULT "))
+    return driving.run_driver(emulator, database_url, operation, namespace, table, CD2_STREAMING=MODES[mode])
 
 
 @pytest.fixture(scope="module")
