@@ -316,14 +316,14 @@ async def init_run(self: Any) -> None:
     entity_type, schema, versioned_schema = await fetch_schema_for_table(
         self.session, self.namespace, self.table_name
     )
+    # The client's order: its DDL first (init always runs into a fresh stage, see staging.py).
+    await self.explorer.synchronize(modules=[meta_schema, self.namespace_module])
     if await get_table_meta_record(self.conn, self.namespace, self.table_name):
         raise ValueError("Table already initialized. Please run syncdb to update it.")
     table_data = await self.session.get_table_data(
         self.namespace, self.table_name, SnapshotQuery(format=Format.TSV, mode=Mode.condensed)
     )
     async with ObjectStream(self.session, table_data.objects) as stream:
-        await stream.first_ready()
-        await self.explorer.synchronize(modules=[meta_schema, self.namespace_module])
         async for folder in stream:
             await self.init_insert_data_from_files_to_db(self.conn, entity_type, folder)
     stream.log_summary()
