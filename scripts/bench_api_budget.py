@@ -4,7 +4,7 @@
         .venv/airflow-3.3.1/bin/python scripts/bench_api_budget.py --tables 90 --time-scale 2 [--foreign-consumer]
 
 The emulator serves the built-in tables plus generated CD2-shaped ones (a shared schema under names from
-/work/shared/cd2/tables.txt), enforcing the published limits at ``--time-scale``. Prints, for the init
+../shared/cd2/tables.txt), enforcing the published limits at ``--time-scale``. Prints, for the init
 pass and for a sync pass after an advance: wall, floor (the create-job budget's last slot; the longest
 table task beside it), ratio, 429 responses sent (emulator request log), failed attempts, Airflow's CPU seconds per
 task; then the stock ``dap initdb --table all`` wall on the same emulator. ``--foreign-consumer``: another
@@ -29,11 +29,11 @@ from pathlib import Path
 from local_dap.airflow_home import dap_connection, postgres_connection
 from local_dap.control import start_emulator
 from local_dap.deployment import Deployment
-from local_dap.paths import DAP_BIN
+from local_dap.paths import DAP_BIN, SHARED_DIR
 from local_dap.postgres import temporary_server
 from local_dap.truth import replica_truth
 
-SHARED = Path("/work/shared/cd2")
+SHARED = SHARED_DIR / "cd2"
 CREATE_JOB_LIMIT = 5
 
 
