@@ -1,6 +1,6 @@
 """Part files generated once per table state, then served from disk (as the real API serves prepared files).
 
-A part's cache key is everything its bytes depend on: the seed and base rows, the table's schema history
+A part's cache key is everything its bytes depend on: the seed and base rows, the table's name and schema history
 and change-log length, the job's format, mode and time range, and the part's rows. Any change (a clock
 advance, a schema change, a reset with other settings) gives new keys, so a stale file is never served.
 The folder is the emulator's own (``--cache-dir``, default a temporary folder removed at exit).

@@ -310,6 +310,7 @@ class Emulator:
             self.settings.seed,
             source.base_rows,
             job.namespace,
+            job.table.name,
             [(epoch.since, epoch.table.version, epoch.table.to_schema()) for epoch in source.epochs],
             job.table.to_schema(),
             len(source.log_ts),

@@ -157,8 +157,8 @@ def _os_error(error: BaseException) -> tuple[ErrorCategory, str] | None:
         return None
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         return PERMANENT, (
-            "the worker's disk is full: free space or give the worker more disk, then re-run; the replica "
-            "keeps its previous copy"
+            "the worker's disk (TMPDIR) is full: free space or give the worker more disk, then re-run; "
+            "the replica keeps its previous copy"
         )
     if isinstance(error, ssl.SSLError):
         return (

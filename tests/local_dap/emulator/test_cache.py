@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 
 from local_dap.control import start_emulator
+from local_dap.paths import SHARED_DIR
 from tests.local_dap.emulator.test_protocol import call, login
 
 SNAPSHOT = {"format": "tsv", "mode": "condensed"}
@@ -48,3 +49,17 @@ def test_cached_parts_equal_generated_ones_before_and_after_changes() -> None:
                     gzip.decompress(d) for d, _ in downloads(generated, "users", since)
                 ]
         assert seen[0] != seen[1], "the changes gave new parts, not the cached ones"
+
+
+def test_tables_with_the_same_schema_get_their_own_parts(tmp_path) -> None:
+    schema = (SHARED_DIR / "cd2" / "schemas" / "canvas" / "users.json").read_text()
+    (tmp_path / "canvas").mkdir()
+    for name in ("twin_a", "twin_b"):
+        (tmp_path / "canvas" / f"{name}.json").write_text(schema)
+    with (
+        start_emulator(seed=4, rows=50, schemas=tmp_path) as cached,
+        start_emulator(seed=4, rows=50, schemas=tmp_path, cache=False) as generated,
+    ):
+        for name in ("twin_a", "twin_b"):
+            served = [gzip.decompress(d) for d, _ in downloads(cached, name, SNAPSHOT)]
+            assert served == [gzip.decompress(d) for d, _ in downloads(generated, name, SNAPSHOT)], name
