@@ -235,7 +235,9 @@ def test_tmpdir_full_during_a_reinit_is_permanent_and_keeps_the_previous_copy(
     before = copy_state(db, database_url, "users")
     monkeypatch.setenv("TMPDIR", str(tiny_tmpdir))
     # the streaming disk guard (or, without it, ENOSPC) says so before the stage is swapped in
-    with pytest.raises(DapPermanentError, match=r"disk \(TMPDIR\) is full|not enough space in TMPDIR") as error:
+    with pytest.raises(
+        DapPermanentError, match=r"disk \(TMPDIR\) is full|not enough space in TMPDIR"
+    ) as error:
         run(hook, Action.INIT, "users", reinit=True)
     assert "unchanged" in str(error.value) and "TMPDIR" in str(error.value)
     assert copy_state(db, database_url, "users") == before
