@@ -294,8 +294,10 @@ def temporary_server(bindir: Path | None = None) -> Iterator[PostgresServer]:
                 "scram-sha-256",
                 "--encoding",
                 "UTF8",
+                # a UTF-8 collation, as the client asks (it warns on every run otherwise); C.UTF-8 is in
+                # every glibc, sorting as C does
                 "--locale",
-                "C",
+                "C.UTF-8",
             ]
         ),
         check=True,
