@@ -21,12 +21,13 @@ import secrets
 import subprocess
 import urllib.error
 import urllib.request
+from base64 import b64encode
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
-from local_dap.paths import DAP_PYTHON, REPO_ROOT
+from local_dap.paths import DAP_PYTHON, REPO_ROOT, SHARED_DIR
 from local_dap.processes import stop
 from local_dap.truth import Truth
 
@@ -61,6 +62,30 @@ class EmulatorProcess:
         )
         env.update(extra)
         return env
+
+    def login(self) -> str:
+        """A bearer token for these credentials, as any consumer of the same client id gets one."""
+        basic = b64encode(f"{self.client_id}:{self.client_secret}".encode()).decode()
+        request = urllib.request.Request(
+            f"{self.base_url}/ids/auth/login",
+            b"grant_type=client_credentials",
+            {"Authorization": f"Basic {basic}", "Content-Type": "application/x-www-form-urlencoded"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.loads(response.read())["access_token"]
+
+    def create_job(self, namespace: str, table: str, token: str) -> int:
+        """Create a snapshot job as another consumer of the same credentials would; the HTTP status."""
+        request = urllib.request.Request(
+            f"{self.base_url}/dap/query/{_path(namespace)}/table/{_path(table)}/data",
+            json.dumps({"format": "tsv", "mode": "condensed"}).encode(),
+            {"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status
+        except urllib.error.HTTPError as error:
+            return error.code
 
     # -- admin API --------------------------------------------------------------------------------
     def admin(self, method: str, path: str, body: dict | None = None) -> dict:
@@ -142,6 +167,24 @@ class EmulatorProcess:
 
     def clear_requests(self) -> None:
         self.admin("DELETE", "requests")
+
+
+def write_extra_tables(count: int, directory: Path) -> list[str]:
+    """``count`` more canvas tables for ``start_emulator(schemas=directory)``: the shared accounts
+    schema under names of real CD2 tables (``../shared/cd2/tables.txt``) the built-in ones do not use."""
+    from local_dap.emulator.builtin import builtin_tables
+
+    shared = SHARED_DIR / "cd2"
+    template = (shared / "schemas" / "canvas" / "accounts.json").read_text()
+    taken = {table.name for table in builtin_tables() if table.namespace == "canvas"}
+    lines = (shared / "tables.txt").read_text().splitlines()
+    real = [line.strip().split(".", 1)[1] for line in lines if line.startswith("canvas.")]
+    names = [name for name in dict.fromkeys(real) if name not in taken]
+    names += [f"generated_{index}" for index in range(max(0, count - len(names)))]
+    (directory / "canvas").mkdir(parents=True, exist_ok=True)
+    for name in names[:count]:
+        (directory / "canvas" / f"{name}.json").write_text(template)
+    return [f"canvas.{name}" for name in names[:count]]
 
 
 @contextmanager

@@ -5,9 +5,9 @@
 
 The emulator serves the built-in tables plus generated CD2-shaped ones (a shared schema under names from
 ../shared/cd2/tables.txt), enforcing the published limits at ``--time-scale``. Prints, for the init
-pass and for a sync pass after an advance: wall, floor (the create-job budget's last slot; the longest
+pass and for a sync pass after an advance: wall, floor (jobs / create-job budget; the longest
 table task beside it), ratio, 429 responses sent (emulator request log), failed attempts, Airflow's CPU seconds per
-task; then the stock ``dap initdb --table all`` wall on the same emulator. ``--foreign-consumer``: another
+task; then, after one more advance, the stock ``dap syncdb --table all`` wall on the same emulator and target. ``--foreign-consumer``: another
 consumer of the same credentials creates 2 jobs a minute (scaled) throughout; the floor is then
 recomputed for the budget left.
 """
@@ -16,50 +16,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import subprocess
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
-from base64 import b64encode
 from pathlib import Path
 
 from local_dap.airflow_home import dap_connection, postgres_connection
-from local_dap.control import start_emulator
+from local_dap.control import start_emulator, write_extra_tables
 from local_dap.deployment import Deployment
-from local_dap.paths import DAP_BIN, SHARED_DIR
+from local_dap.emulator.builtin import builtin_tables
+from local_dap.paths import DAP_BIN
 from local_dap.postgres import temporary_server
 from local_dap.truth import replica_truth
 
-SHARED = SHARED_DIR / "cd2"
 CREATE_JOB_LIMIT = 5
-
-
-def generated_schemas(count: int, directory: Path) -> None:
-    """``count`` extra canvas tables, each with the shared accounts schema, named after real CD2 tables."""
-    template = (SHARED / "schemas" / "canvas" / "accounts.json").read_text()
-    names = [
-        line.strip().split(".", 1)[1]
-        for line in (SHARED / "tables.txt").read_text().splitlines()
-        if line.startswith("canvas.")
-    ]
-    taken = {
-        "accounts",
-        "users",
-        "courses",
-        "enrollments",
-        "assignments",
-        "submissions",
-        "pseudonyms",
-        "scores",
-    }
-    names = [name for name in names if name not in taken]
-    (directory / "canvas").mkdir(parents=True, exist_ok=True)
-    for index in range(count):
-        name = names[index] if index < len(names) else f"generated_{index}"
-        (directory / "canvas" / f"{name}.json").write_text(template)
+BUILTIN_CANVAS_TABLES = sum(table.namespace == "canvas" for table in builtin_tables())
 
 
 FOREIGN = {"jobs": 0, "429s": 0}
@@ -67,24 +41,11 @@ FOREIGN = {"jobs": 0, "429s": 0}
 
 def foreign_consumer(emulator, window: float, stop: threading.Event) -> None:
     """Another user of the same client id: 2 create-job calls a minute (scaled)."""
-    basic = b64encode(f"{emulator.client_id}:{emulator.client_secret}".encode()).decode()
-    login = urllib.request.Request(
-        f"{emulator.base_url}/ids/auth/login",
-        b"grant_type=client_credentials",
-        {"Authorization": f"Basic {basic}", "Content-Type": "application/x-www-form-urlencoded"},
-    )
-    token = json.load(urllib.request.urlopen(login))["access_token"]
+    token = emulator.login()
     while not stop.wait(window / 2):
-        request = urllib.request.Request(
-            f"{emulator.base_url}/dap/query/canvas/table/accounts/data",
-            json.dumps({"format": "tsv", "mode": "condensed"}).encode(),
-            {"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-        )
-        try:
-            urllib.request.urlopen(request).read()
-            FOREIGN["jobs"] += 1
-        except urllib.error.HTTPError as error:
-            FOREIGN["429s"] += error.code == 429
+        status = emulator.create_job("canvas", "accounts", token)
+        FOREIGN["jobs"] += status < 400
+        FOREIGN["429s"] += status == 429
 
 
 def run_pass(airflow: Deployment, emulator, name: str, window: float, budget: float) -> dict:
@@ -108,9 +69,9 @@ def run_pass(airflow: Deployment, emulator, name: str, window: float, budget: fl
                 "GET", f"dags/cd2_replica/dagRuns/{run_id}/taskInstances/{ti.task_id}/{ti.map_index}"
             )
             longest = max(longest, detail.get("duration") or 0.0)
-    # The budget's last slot for this many jobs; a task's duration includes its pacer waits, so the
-    # longest task is printed beside it, not added.
-    floor = max(0, (jobs - 1) // budget) * window
+    # The time the budget needs to hand out this many jobs (90 tables, 5 a minute: 18 minutes); a task's
+    # duration includes its pacer waits, so the longest task is printed beside it, not added.
+    floor = math.ceil(jobs / budget) * window
     return {
         "pass": name,
         "state": state,
@@ -143,7 +104,7 @@ def main() -> None:
     window = 60 / args.time_scale
     budget = CREATE_JOB_LIMIT - (2 if args.foreign_consumer else 0)
     schemas = Path(tempfile.mkdtemp(prefix="cd2-bench-schemas-"))
-    generated_schemas(max(0, args.tables - 8), schemas)
+    write_extra_tables(max(0, args.tables - BUILTIN_CANVAS_TABLES), schemas)
     stop = threading.Event()
     try:
         with (
@@ -178,16 +139,20 @@ def main() -> None:
                 t for t in tables if emulator.truth(*t.split(".")) != replica_truth(target, *t.split("."))
             ]
             stop.set()
-            stock_target = server.create_database("bench_stock")
+            # the stock CLI on the same emulator and target: one more advance, then `dap syncdb --table all`
+            emulator.advance(changes=20)
             emulator.clear_requests()
             started = time.monotonic()
-            subprocess.run(
-                [str(DAP_BIN / "dap"), "--non-interactive", "initdb", "--namespace", "canvas", "--table", "all",
-                 "--connection-string", stock_target],
+            stock_run = subprocess.run(
+                [str(DAP_BIN / "dap"), "--non-interactive", "syncdb", "--namespace", "canvas", "--table", "all",
+                 "--connection-string", target],
                 env=emulator.client_env(), check=False, capture_output=True,
             )  # fmt: skip
-            stock = {"stock_initdb_all_wall_s": round(time.monotonic() - started, 1),
-                     "stock_429s": sum(1 for r in emulator.requests() if r["status"] == 429)}  # fmt: skip
+            stock = {
+                "stock_syncdb_all_wall_s": round(time.monotonic() - started, 1),
+                "stock_syncdb_exit_code": stock_run.returncode,
+                "stock_429s": sum(1 for r in emulator.requests() if r["status"] == 429),
+            }
     finally:
         stop.set()
         shutil.rmtree(schemas, ignore_errors=True)

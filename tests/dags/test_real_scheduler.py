@@ -10,18 +10,23 @@ import psycopg2
 import pytest
 
 from local_dap.airflow_home import dap_connection, postgres_connection
-from local_dap.control import start_emulator
+from local_dap.control import start_emulator, write_extra_tables
 from local_dap.deployment import Deployment
+from local_dap.emulator.builtin import builtin_tables
 from local_dap.truth import replica_truth
 
-# The emulator's limits at this scale: 5 jobs per 10 s, so 10 tables must wait; the pacer is told the same window.
+# The emulator's limits at this scale: 5 jobs per 10 s, so 16 tables must wait; the pacer is told the same window.
 TIME_SCALE = 6
 NAMESPACES = ["canvas", "canvas_logs", "catalog"]
+BUILTIN_TABLES = len(builtin_tables())
 
 
 @pytest.fixture(scope="module")
-def emulator():
-    with start_emulator(rows=20, rate_limits=True, time_scale=TIME_SCALE) as emulator:
+def emulator(tmp_path_factory):
+    """The built-in tables and 6 more: 16 tables at once, more than the create-job budget gives at once."""
+    schemas = tmp_path_factory.mktemp("schemas")
+    write_extra_tables(16 - BUILTIN_TABLES, schemas)
+    with start_emulator(rows=20, rate_limits=True, time_scale=TIME_SCALE, schemas=schemas) as emulator:
         yield emulator
 
 
@@ -67,7 +72,7 @@ def test_a_first_run_of_every_table_at_once_initializes_all_without_a_429(
 ):
     assert airflow.run_state(first_run) == "success"
     tables = labels(airflow, first_run)
-    assert len(tables) == 10
+    assert len(tables) == 16
     states = {(ti.task_id, ti.label): (ti.state, ti.try_number) for ti in airflow.task_instances(first_run)}
     assert {states[("table.init", label)] for label in tables} == {("success", 1)}  # no retry either
     with psycopg2.connect(target) as conn, conn.cursor() as cur:

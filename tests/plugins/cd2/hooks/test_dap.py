@@ -137,7 +137,7 @@ def child_command_lines() -> list[str]:
 
 
 def test_a_locked_table_waits_then_is_busy_naming_the_holder_and_argv_has_no_secret(
-    hook, dap_emulator, postgres_server, database_url, caplog
+    hook, dap_emulator, postgres_server, database_url, capfd
 ):
     holder = postgres_server.connect(database_url.rsplit("/", 1)[1])
     try:
@@ -163,8 +163,10 @@ def test_a_locked_table_waits_then_is_busy_naming_the_holder_and_argv_has_no_sec
     finally:
         holder.close()
     assert seen, "the child process was not seen running"
+    task_log = "".join(capfd.readouterr())
+    assert "[dap]" in task_log, "the child's relayed log was captured"
     secrets = [dap_emulator.client_secret, postgres_server.password]
-    for text in seen + [caplog.text]:
+    for text in seen + [task_log]:
         assert not any(secret in text for secret in secrets)
     assert "--holder" in seen[0]
 
