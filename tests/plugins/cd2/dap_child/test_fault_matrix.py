@@ -341,7 +341,6 @@ def test_postgres_restarted_during_an_init_copy_is_transient(
         restart_when_held(restartable, db, "COPY%users%")
     error = outcome["error"]
     assert isinstance(error, DapTransientError), error
-    # mid-COPY the client is writing when the server's FATAL comes: asyncpg sees the connection close
     assert error.error.category == "transient" and error.error.type in GONE, error.error
     assert "PostgreSQL was unavailable or restarted" in str(error) and "reconnects" in str(error)
     assert_no_secret(emulator, restartable, *error_texts(error, caplog))
