@@ -9,7 +9,7 @@ from airflow.sdk import AssetAlias, Param, dag, task, task_group
 from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 
 from cd2.assets import TABLES_ALIAS
-from cd2.contract import DEFAULT_MAX_ACTIVE_TABLES, Outcome
+from cd2.contract import DEFAULT_LOCK_WAIT_SECONDS, DEFAULT_MAX_ACTIVE_TABLES, Outcome
 from cd2.operators.list_tables import ListTablesOperator
 from cd2.operators.notify import NotifyRunOperator
 from cd2.operators.replicate import MAP_INDEX_TEMPLATE, InitTableOperator, SyncTableOperator
@@ -22,6 +22,8 @@ CONFIG = "{{ var.value.get('cd2_config', '') }}"
 # turn is a scheduled task holding no worker slot, child or connection. A configuration option, read at
 # parse time without a database or secrets call (a Variable would be); the API's rate is the pacer's.
 MAX_ACTIVE_TABLES = conf.getint("cd2", "max_active_tables", fallback=DEFAULT_MAX_ACTIVE_TABLES)
+# How long a table task waits for another run working on its table before reporting it busy.
+LOCK_WAIT_SECONDS = conf.getfloat("cd2", "lock_wait_seconds", fallback=DEFAULT_LOCK_WAIT_SECONDS)
 
 DOC = """
 ### Canvas Data 2 replica
@@ -41,6 +43,8 @@ run fail when a table failed, after the notification went out.
 * Assets: a table task that changed its table emits an event for `postgres://host:port/db/ns/table`
   through the asset alias `cd2_replica_tables` (see `cd2.assets`).
 * `[cd2] max_active_tables` (Airflow configuration option): table tasks at once (each of sync, init).
+* `[cd2] lock_wait_seconds`: how long a table task waits for another run on its table before it
+  reports the table *busy* (not a failure).
 * Schedule: Airflow configuration option `[cd2] schedule` (default every 4 hours; empty: manual only).
 """
 
@@ -80,6 +84,7 @@ def cd2_replica():
             force_reinit="{{ params.force_reinit }}",
             map_index_template=MAP_INDEX_TEMPLATE,
             max_active_tis_per_dagrun=MAX_ACTIVE_TABLES,
+            lock_wait_seconds=LOCK_WAIT_SECONDS,
             execution_timeout=timedelta(hours=2),
             outlets=[AssetAlias(TABLES_ALIAS)],
         )
@@ -90,6 +95,7 @@ def cd2_replica():
             sync_result=sync.output,
             map_index_template=MAP_INDEX_TEMPLATE,
             max_active_tis_per_dagrun=MAX_ACTIVE_TABLES,
+            lock_wait_seconds=LOCK_WAIT_SECONDS,
             execution_timeout=timedelta(hours=6),
             outlets=[AssetAlias(TABLES_ALIAS)],
         )

@@ -189,14 +189,21 @@ class PostgresServer:
         """Whether :meth:`restart` can work: this process started the server."""
         return self.data_dir is not None and self.bindir is not None
 
-    def restart(self) -> None:
-        """Kill the server (``pg_ctl stop -m immediate``: no shutdown checkpoint, like a crash) and start
-        it again on the same port and data folder; returns once it accepts connections."""
+    def restart(self, mode: str = "fast") -> None:
+        """Stop the server and start it again on the same port and data folder; returns once it accepts
+        connections.
+
+        ``mode`` is ``pg_ctl stop``'s: ``fast`` (the default) ends every session with FATAL 57P01
+        "terminating connection due to administrator command", which is what a failover looks like to
+        clients; ``immediate`` kills it with no shutdown checkpoint, like a crash.
+        """
         if self.data_dir is None or self.bindir is None:
             raise RuntimeError(
                 f"{self.host}:{self.port} was not started here (e.g. {ENV_URL}): cannot restart it"
             )
-        _pg_ctl_stop(self.bindir, self.data_dir)
+        if mode not in ("fast", "immediate"):
+            raise ValueError(f"restart mode {mode!r}: expected 'fast' or 'immediate'")
+        _pg_ctl_stop(self.bindir, self.data_dir, mode, check=True)
         _pg_ctl_start(self.bindir, self.data_dir, self.port)
         _wait_ready(self)
 
@@ -250,21 +257,33 @@ def _runnable_bindir(bindir: Path) -> Path:
 def _pg_ctl_start(bindir: Path, data: Path, port: int) -> None:
     root = data.parent
     options = f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off -c max_connections=200"
-    subprocess.run(
+    started = subprocess.run(
         _as_server_user(
             [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-o", options, "-w", "start"]
         ),
-        check=True,
         capture_output=True,
-    )
-
-
-def _pg_ctl_stop(bindir: Path, data: Path) -> None:
-    subprocess.run(
-        _as_server_user([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"]),
-        capture_output=True,
+        text=True,
         check=False,
     )
+    if started.returncode != 0:
+        log = root / "log"
+        tail = log.read_text(errors="replace").splitlines()[-10:] if log.is_file() else []
+        raise RuntimeError(
+            f"pg_ctl start failed: {started.stderr.strip() or started.stdout.strip()}\n" + "\n".join(tail)
+        )
+
+
+def _pg_ctl_stop(bindir: Path, data: Path, mode: str = "immediate", *, check: bool = False) -> None:
+    stopped = subprocess.run(
+        _as_server_user([str(bindir / "pg_ctl"), "-D", str(data), "-m", mode, "-w", "stop"]),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if check and stopped.returncode != 0:
+        raise RuntimeError(
+            f"pg_ctl stop -m {mode} failed: {stopped.stderr.strip() or stopped.stdout.strip()}"
+        )
 
 
 @contextmanager

@@ -4,13 +4,17 @@ PostgreSQL, moto's SNS delivering to an SQS queue."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+from contextlib import contextmanager
 from urllib.parse import quote
 
 import pytest
 
 from local_dap.airflow_home import AirflowEnvironment, DagRunResult, dap_connection, postgres_connection
 from local_dap.truth import replica_truth
+from tests.support.paths import DAP_PYTHON, REPO_ROOT
 
 TABLES = ["canvas.accounts", "canvas.users"]
 FRESH_ENOUGH = 24 * 365 * 10
@@ -24,6 +28,35 @@ AIRFLOW_NOISE = (
     "cannot create asset event",
     "Emitting event for inactive AssetModel",
 )
+# Takes a table's lock with the child's own code (cd2.dap_child.locks) and holds it until stdin closes.
+HOLD_TABLE = """
+import asyncio, os, sys
+from cd2.dap_child import locks
+async def hold():
+    conn = await locks.connect_as(os.environ["CD2_DATABASE_URL"], sys.argv[2])
+    await locks.lock_table(conn, sys.argv[1], 0)
+    print("held", flush=True)
+    await asyncio.to_thread(sys.stdin.read)
+asyncio.run(hold())
+"""
+
+
+@contextmanager
+def table_held(url: str, label: str, holder: str):
+    """Another run (``holder``) working on ``label`` while the block runs."""
+    env = os.environ | {"CD2_DATABASE_URL": url, "PYTHONPATH": str(REPO_ROOT / "plugins")}
+    with subprocess.Popen(
+        [str(DAP_PYTHON), "-c", HOLD_TABLE, label, holder],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as process:
+        assert process.stdout.readline() == "held\n"
+        try:
+            yield
+        finally:
+            process.stdin.close()
 
 
 @pytest.fixture
@@ -54,7 +87,9 @@ class Replica:
         namespace, table = label.split(".")
         return f"postgres://{self.server.host}:{self.server.port}/{self.database}/{namespace}/{table}"
 
-    def run(self, config: dict | None = None, conf: dict | None = None) -> tuple[DagRunResult, dict]:
+    def run(
+        self, config: dict | None = None, conf: dict | None = None, env: dict | None = None
+    ) -> tuple[DagRunResult, dict]:
         """One DAG run; returns it and the facts of the one notification it published."""
         # The emulator's clock starts on 2026-01-01: a bound this wide keeps its tables fresh.
         config = {
@@ -63,7 +98,7 @@ class Replica:
             "freshness_hours": FRESH_ENOUGH,
         } | (config or {})
         result = self.airflow.dags_test(
-            connections=self.connections(), config=config, conf=conf, env=self.sns.env
+            connections=self.connections(), config=config, conf=conf, env=self.sns.env | (env or {})
         )
         assert result.run_id, result.output[-5000:]
         notes = self.sns.received()
@@ -130,7 +165,9 @@ def test_first_run_initializes_second_syncs_and_params_restrict_and_reinit(repli
     assert all(e[2]["rows"] and e[2]["watermark"] and e[2]["schema_version"] for e in events)
 
     replica.emulator.advance(changes=10, tables=["canvas.accounts"])
-    second, note = replica.run()
+    # Another run is working on canvas.users (a long init overlapping this one): busy, not failed.
+    with table_held(replica.url, "canvas.users", "cd2_replica manual__long_init"):
+        second, note = replica.run(env={"AIRFLOW__CD2__LOCK_WAIT_SECONDS": "2"})
     # Only the table that changed emits an event: a downstream DAG on canvas.users does not run.
     events = replica.airflow.asset_events(second.run_id)
     assert [(uri, task, extra["action"]) for uri, task, extra in events] == [
@@ -142,8 +179,16 @@ def test_first_run_initializes_second_syncs_and_params_restrict_and_reinit(repli
     # that changes skipping inside mapped task groups shows up here.
     assert second.states("table.init") == dict.fromkeys(TABLES, "skipped")
     replica.assert_in_step(TABLES)
-    assert note["facts"]["counts"] == {"synced": 2, "initialized": 0, "failed": 0, "skipped": 0}
-    assert note["Subject"].startswith("cd2_replica: nothing needs you; ")
+    assert note["facts"]["counts"] == {"synced": 1, "initialized": 0, "failed": 0, "skipped": 0, "busy": 1}
+    assert (
+        note["Subject"]
+        == "cd2_replica: nothing needs you; 1 synced, 0 initialized, 0 failed, 0 skipped, 1 busy"
+    )
+    assert note["facts"]["needs_you"] == []
+    users = next(t for t in note["facts"]["tables"] if t["table"] == "canvas.users")
+    busy = r"busy: worked on by cd2_replica manual__long_init since \d{4}-\d\d-\d\dT[\d:.]+\+00:00"
+    assert users["outcome"] == "busy" and users["error"] is None and re.fullmatch(busy, users["note"])
+    assert re.search(rf"canvas\.users: busy in \S+ \({busy}\)", second.output)  # the notification's text
     # A healthy run logs no ERROR or WARNING (the test database's 'C' collation warning of the client
     # is about this throwaway server, not the run).
     false_alarms = [

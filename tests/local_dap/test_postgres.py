@@ -1,5 +1,6 @@
 import os
 import shutil
+import threading
 from urllib.parse import urlsplit
 
 import psycopg2
@@ -68,21 +69,52 @@ def test_the_session_server_is_the_chosen_one(postgres_server):
     assert postgres_server.server_version_num // 10000 == int(postgres_server.server_version.split(".")[0])
 
 
-def test_restart_kills_the_server_and_starts_it_on_the_same_port_and_data():
-    with postgres.temporary_server() as server:
+def _sleep_in_background(server, errors: list) -> threading.Thread:
+    def sleep():
         conn = server.connect()
-        with conn.cursor() as cur:
+        try:
+            conn.cursor().execute("SELECT pg_sleep(60)")
+        except psycopg2.Error as error:
+            errors.append(error)
+        finally:
+            conn.close()
+
+    thread = threading.Thread(target=sleep)
+    thread.start()
+    with server.connect() as conn, conn.cursor() as cur:
+        while True:
+            cur.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'")
+            if cur.fetchone()[0]:
+                return thread
+
+
+def test_restart_ends_every_session_and_starts_on_the_same_port_and_data():
+    with postgres.temporary_server() as server:
+        with server.connect() as conn, conn.cursor() as cur:
             cur.execute("CREATE TABLE kept (id int)")
             cur.execute("INSERT INTO kept VALUES (1), (2)")
-        server.restart()
+        idle, errors = server.connect(), []
+        log = server.data_dir.parent / "log"
+        busy = _sleep_in_background(server, errors)
+        server.restart()  # fast: what a failover looks like to clients
+        busy.join()
+        assert "received fast shutdown request" in log.read_text()
+        assert "FATAL:  terminating connection due to administrator command" in log.read_text()
         with pytest.raises(psycopg2.OperationalError):
-            with conn.cursor() as cur:
+            with idle.cursor() as cur:
                 cur.execute("SELECT 1")
+        busy = _sleep_in_background(server, errors)
+        server.restart(mode="immediate")  # a crash: no shutdown checkpoint
+        busy.join()
+        assert "received immediate shutdown request" in log.read_text()
+        assert len(errors) == 2 and all(isinstance(e, psycopg2.OperationalError) for e in errors)
         with server.connect() as again, again.cursor() as cur:
             cur.execute("SELECT count(*) FROM kept")
             assert cur.fetchone()[0] == 2
             cur.execute("SELECT current_setting('port')::int")
             assert cur.fetchone()[0] == server.port
+        with pytest.raises(ValueError, match="expected 'fast' or 'immediate'"):
+            server.restart(mode="smart")
 
 
 def test_a_server_named_by_url_cannot_be_restarted(postgres_server):

@@ -1,9 +1,12 @@
 """The fault matrix: real failures against the real client, emulator and PostgreSQL, each followed by one
 clean re-run after which the replica equals the source; and nothing secret in what the failures say.
 
-PostgreSQL "restarts" are the server ending the client's sessions with ``pg_terminate_backend``: the
-same FATAL ``57P01 terminating connection due to administrator command`` a fast shutdown or failover
-sends to every client, without disturbing the other tests' server.
+PostgreSQL restarts are real: this module has its own server (the others' session server is never
+restarted), and :meth:`PostgresServer.restart` stops it in ``fast`` mode, which ends every session with
+FATAL ``57P01 terminating connection due to administrator command`` as a failover does, then starts it
+again. The moment is held, not raced: a test trigger makes the statement to interrupt (an init's COPY, a
+sync's upsert, the client's ``ALTER TABLE``) sleep, the test sees it sleeping in ``pg_stat_activity`` and
+restarts the server under it. Against a server named by ``CD2_TEST_DATABASE_URL`` those cases skip.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ from cd2.contract import Action, TableJob, TableResult
 from cd2.hooks.dap import DapHook, DapPermanentError, DapTransientError
 from local_dap.airflow_home import dap_connection, postgres_connection
 from local_dap.control import start_emulator
+from local_dap.postgres import PostgresServer, server_for_tests
 from local_dap.truth import replica_truth
+from tests.conftest import POSTGRES_VERSION
 from tests.support.paths import DAP_PYTHON
 
 NS = "canvas"
@@ -84,11 +89,41 @@ def hook(emulator, database_url, monkeypatch) -> DapHook:
     return DapHook()
 
 
+@pytest.fixture(scope="module")
+def postgres_server(request) -> PostgresServer:
+    """This module's own server, so restarting it disturbs no other test (or ``CD2_TEST_DATABASE_URL``'s)."""
+    with server_for_tests() as server:
+        request.config.stash[POSTGRES_VERSION] = server.server_version
+        yield server
+
+
+class Session:
+    """The test's own session to its database; :meth:`reconnect` after a restart ended it."""
+
+    def __init__(self, server: PostgresServer, dbname: str) -> None:
+        self.server, self.dbname = server, dbname
+        self.conn = server.connect(dbname)
+
+    def cursor(self):
+        return self.conn.cursor()
+
+    def reconnect(self) -> None:
+        self.conn.close()
+        self.conn = self.server.connect(self.dbname)
+
+
 @pytest.fixture
 def db(postgres_server, database_url):
-    conn = postgres_server.connect(database_url.rsplit("/", 1)[1])
-    yield conn
-    conn.close()
+    session = Session(postgres_server, database_url.rsplit("/", 1)[1])
+    yield session
+    session.conn.close()
+
+
+@pytest.fixture
+def restartable(postgres_server) -> PostgresServer:
+    if not postgres_server.restartable:
+        pytest.skip("restarts need a server the tests started, not CD2_TEST_DATABASE_URL's")
+    return postgres_server
 
 
 def run(hook: DapHook, action: Action, table: str, **options) -> TableResult:
@@ -163,16 +198,44 @@ def wait_for(condition, timeout: float = 60.0, what: str = "condition"):
         time.sleep(0.02)
 
 
-def terminate_when(db, pattern: str) -> int:
-    """End every other session of this database once one of them runs a statement matching ``pattern``."""
-    terminated = query(
-        db,
-        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = current_database() "
-        "AND pid <> pg_backend_pid() AND EXISTS (SELECT 1 FROM pg_stat_activity b WHERE "
-        "b.datname = current_database() AND b.state = 'active' AND b.query ILIKE %s)",
-        pattern,
+# Test-only functions that make a statement sleep until the test restarts the server under it: a
+# statement-level trigger (fires once per INSERT or COPY), an event trigger (before DDL), and one that
+# puts the first on every new table named users (the init's, created in its stage just before the COPY).
+HOLDS = """
+CREATE FUNCTION hold_statement() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN PERFORM pg_sleep(120); RETURN NULL; END $$;
+CREATE FUNCTION hold_ddl() RETURNS event_trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(120); END $$;
+CREATE FUNCTION hold_new_users_tables() RETURNS event_trigger LANGUAGE plpgsql AS $$
+DECLARE created record;
+BEGIN
+  FOR created IN SELECT * FROM pg_event_trigger_ddl_commands() WHERE object_type = 'table' LOOP
+    IF (SELECT relname FROM pg_class WHERE oid = created.objid) = 'users' THEN
+      EXECUTE format('CREATE TRIGGER hold BEFORE INSERT ON %s FOR EACH STATEMENT '
+                     'EXECUTE FUNCTION hold_statement()', created.object_identity);
+    END IF;
+  END LOOP;
+END $$
+"""
+
+
+# What the client sees of a restart: the server's FATAL 57P01, or (as asyncpg reports a statement in
+# flight when the server ends the session) the connection closing under it.
+GONE = ("AdminShutdownError", "ConnectionDoesNotExistError")
+
+
+def restart_when_held(server: PostgresServer, db: Session, pattern: str) -> None:
+    """Once a statement matching ``pattern`` sleeps in a hold, restart the server (fast) under it."""
+    wait_for(
+        lambda: query(
+            db,
+            "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event = 'PgSleep' "
+            "AND query ILIKE %s",
+            pattern,
+        ),
+        what=f"a held statement like {pattern}",
     )
-    return terminated[0][0]
+    server.restart()
+    db.reconnect()
 
 
 # -- re-init keeps the previous copy ---------------------------------------------------------------
@@ -268,50 +331,64 @@ def test_the_child_sigkilled_mid_init_leaves_the_previous_copy(hook, emulator, d
 # -- PostgreSQL going away ---------------------------------------------------------------------------
 
 
-def test_postgres_gone_during_an_init_copy_is_transient(
-    hook, emulator, db, database_url, postgres_server, caplog
+def test_postgres_restarted_during_an_init_copy_is_transient(
+    hook, emulator, db, database_url, restartable, caplog
 ):
-    emulator.reset(rows=20000)
+    query(db, HOLDS)
+    query(db, "CREATE EVENT TRIGGER hold_new_users ON ddl_command_end WHEN TAG IN ('CREATE TABLE') "
+              "EXECUTE FUNCTION hold_new_users_tables()")  # fmt: skip
     with in_background(lambda: run(hook, Action.INIT, "users")) as outcome:
-        wait_for(lambda: terminate_when(db, "COPY%"), what="the COPY")
+        restart_when_held(restartable, db, "COPY%users%")
     error = outcome["error"]
     assert isinstance(error, DapTransientError), error
-    assert "reconnects" in str(error) and error.error.category == "transient"
-    assert_no_secret(emulator, postgres_server, *error_texts(error, caplog))
+    assert error.error.category == "transient" and error.error.type in GONE, error.error
+    assert "PostgreSQL was unavailable or restarted" in str(error) and "reconnects" in str(error)
+    assert_no_secret(emulator, restartable, *error_texts(error, caplog))
+    query(db, "DROP EVENT TRIGGER hold_new_users")
     assert run(hook, Action.INIT, "users").outcome == "initialized"
     assert in_step(emulator, database_url, "users") and not stages(db)
 
 
-def test_postgres_gone_during_a_sync_upsert_is_transient(hook, emulator, db, database_url):
+def test_postgres_restarted_during_a_sync_upsert_is_transient(
+    hook, emulator, db, database_url, restartable, caplog
+):
     run(hook, Action.INIT, "users")
-    emulator.advance(changes=20000)
+    before = copy_state(db, database_url, "users")
+    emulator.advance(changes=50)
+    query(db, HOLDS)
+    query(db, "CREATE TRIGGER hold BEFORE INSERT ON canvas.users FOR EACH STATEMENT "
+              "EXECUTE FUNCTION hold_statement()")  # fmt: skip
     with in_background(lambda: run(hook, Action.SYNC, "users")) as outcome:
-        wait_for(lambda: terminate_when(db, "%INSERT INTO%users%"), what="the upsert")
-    assert isinstance(outcome["error"], DapTransientError), outcome["error"]
+        restart_when_held(restartable, db, "%INSERT INTO%users%")
+    error = outcome["error"]
+    assert isinstance(error, DapTransientError), error
+    assert error.error.category == "transient" and error.error.type in GONE, error.error
+    assert "PostgreSQL was unavailable or restarted" in str(error) and "reconnects" in str(error)
+    assert copy_state(db, database_url, "users") == before  # nothing upserted, the watermark unmoved
+    assert_no_secret(emulator, restartable, *error_texts(error, caplog))
+    query(db, "DROP TRIGGER hold ON canvas.users")
     assert run(hook, Action.SYNC, "users").outcome == "synced"
     assert in_step(emulator, database_url, "users")
 
 
-def test_postgres_gone_during_the_clients_alter_table_is_transient_not_view_advice(
-    hook, emulator, db, database_url, postgres_server, caplog
+def test_postgres_restarted_during_the_clients_alter_table_is_transient_not_view_advice(
+    hook, emulator, db, database_url, restartable, caplog
 ):
     run(hook, Action.INIT, "accounts")
-    query(db, "CREATE SEQUENCE fault_once")
-    query(
-        db,
-        "CREATE FUNCTION end_my_session() RETURNS event_trigger LANGUAGE plpgsql AS $$ BEGIN "
-        "IF nextval('fault_once') = 1 THEN PERFORM pg_terminate_backend(pg_backend_pid()); END IF; END $$",
-    )
-    query(db, "CREATE EVENT TRIGGER end_session_on_alter ON ddl_command_start WHEN TAG IN ('ALTER TABLE') "
-          "EXECUTE FUNCTION end_my_session()")  # fmt: skip
+    query(db, HOLDS)
+    query(db, "CREATE EVENT TRIGGER hold_alter ON ddl_command_start WHEN TAG IN ('ALTER TABLE') "
+              "EXECUTE FUNCTION hold_ddl()")  # fmt: skip
     emulator.bump_schema(NS, "accounts", "add_column", column="added_for_fault")
     emulator.advance(changes=5)
-    with pytest.raises(DapTransientError) as error:
-        run(hook, Action.SYNC, "accounts")
-    text = str(error.value)
-    assert error.value.error.type in ("AdminShutdownError", "ConnectionDoesNotExistError"), text
-    assert "ALTER TABLE" in text and "view" not in text.lower()
-    assert_no_secret(emulator, postgres_server, *error_texts(error.value, caplog))
+    with in_background(lambda: run(hook, Action.SYNC, "accounts")) as outcome:
+        restart_when_held(restartable, db, "%ALTER TABLE%accounts%")
+    error = outcome["error"]
+    assert isinstance(error, DapTransientError), error
+    text = str(error)
+    assert error.error.category == "transient" and error.error.type in GONE, text
+    assert "statement: ALTER TABLE" in text and "view" not in text.lower()
+    assert_no_secret(emulator, restartable, *error_texts(error, caplog))
+    query(db, "DROP EVENT TRIGGER hold_alter")
     assert run(hook, Action.SYNC, "accounts").outcome == "synced"
     assert in_step(emulator, database_url, "accounts")
 
