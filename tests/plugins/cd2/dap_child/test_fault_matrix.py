@@ -126,8 +126,16 @@ def restartable(postgres_server) -> PostgresServer:
     return postgres_server
 
 
+# The emulator here enforces no rate limit: a short pacer window keeps the pacer in the path without
+# making a test of ten jobs wait a minute for the published 5 a minute.
+PACER_WINDOW_SECONDS = 1.0
+
+
 def run(hook: DapHook, action: Action, table: str, **options) -> TableResult:
-    return hook.run_table_job(TableJob(action=action, namespace=NS, table=table, **options))
+    job = TableJob(
+        action=action, namespace=NS, table=table, api_limit_window_seconds=PACER_WINDOW_SECONDS, **options
+    )
+    return hook.run_table_job(job)
 
 
 def in_step(emulator, database_url, table: str) -> bool:
@@ -165,8 +173,11 @@ def assert_no_secret(emulator, postgres_server, *texts: str) -> None:
             assert secret not in text
 
 
-def error_texts(error: BaseException, caplog) -> list[str]:
-    return [str(error), json.dumps(error.error.to_dict()), caplog.text]
+def error_texts(error: BaseException, capfd) -> list[str]:
+    """The error, its XCom form and the task log the hook wrote (the relayed child log included)."""
+    task_log = "".join(capfd.readouterr())
+    assert "[dap]" in task_log, "the child's relayed log was captured"
+    return [str(error), json.dumps(error.error.to_dict()), task_log]
 
 
 @contextmanager
@@ -260,7 +271,7 @@ def test_reinit_keeps_the_previous_copy_queryable_then_swaps_it_in(hook, emulato
 
 
 def test_a_reinit_whose_download_breaks_leaves_the_previous_copy(
-    hook, emulator, db, database_url, postgres_server, caplog
+    hook, emulator, db, database_url, postgres_server, capfd
 ):
     run(hook, Action.INIT, "users")
     emulator.advance(changes=10)
@@ -272,7 +283,7 @@ def test_a_reinit_whose_download_breaks_leaves_the_previous_copy(
         run(hook, Action.INIT, "users", reinit=True)
     assert "ClientPayloadError" in str(error.value) and "What to do:" in str(error.value)
     assert copy_state(db, database_url, "users") == before and not stages(db)
-    assert_no_secret(emulator, postgres_server, *error_texts(error.value, caplog))
+    assert_no_secret(emulator, postgres_server, *error_texts(error.value, capfd))
     emulator.clear_faults()
     assert run(hook, Action.INIT, "users", reinit=True).outcome == "initialized"
     assert in_step(emulator, database_url, "users")
@@ -290,7 +301,7 @@ def tiny_tmpdir(tmp_path, monkeypatch):
 
 
 def test_tmpdir_full_during_a_reinit_is_permanent_and_keeps_the_previous_copy(
-    hook, emulator, db, database_url, postgres_server, caplog, monkeypatch, tiny_tmpdir
+    hook, emulator, db, database_url, postgres_server, capfd, monkeypatch, tiny_tmpdir
 ):
     monkeypatch.delenv("TMPDIR")
     run(hook, Action.INIT, "users")
@@ -304,7 +315,7 @@ def test_tmpdir_full_during_a_reinit_is_permanent_and_keeps_the_previous_copy(
         run(hook, Action.INIT, "users", reinit=True)
     assert "unchanged" in str(error.value) and "TMPDIR" in str(error.value)
     assert copy_state(db, database_url, "users") == before
-    assert_no_secret(emulator, postgres_server, *error_texts(error.value, caplog))
+    assert_no_secret(emulator, postgres_server, *error_texts(error.value, capfd))
     monkeypatch.delenv("TMPDIR")
     assert run(hook, Action.INIT, "users", reinit=True).outcome == "initialized"
     assert in_step(emulator, database_url, "users")
@@ -332,7 +343,7 @@ def test_the_child_sigkilled_mid_init_leaves_the_previous_copy(hook, emulator, d
 
 
 def test_postgres_restarted_during_an_init_copy_is_transient(
-    hook, emulator, db, database_url, restartable, caplog
+    hook, emulator, db, database_url, restartable, capfd
 ):
     query(db, HOLDS)
     query(db, "CREATE EVENT TRIGGER hold_new_users ON ddl_command_end WHEN TAG IN ('CREATE TABLE') "
@@ -343,14 +354,14 @@ def test_postgres_restarted_during_an_init_copy_is_transient(
     assert isinstance(error, DapTransientError), error
     assert error.error.category == "transient" and error.error.type in GONE, error.error
     assert "PostgreSQL was unavailable or restarted" in str(error) and "reconnects" in str(error)
-    assert_no_secret(emulator, restartable, *error_texts(error, caplog))
+    assert_no_secret(emulator, restartable, *error_texts(error, capfd))
     query(db, "DROP EVENT TRIGGER hold_new_users")
     assert run(hook, Action.INIT, "users").outcome == "initialized"
     assert in_step(emulator, database_url, "users") and not stages(db)
 
 
 def test_postgres_restarted_during_a_sync_upsert_is_transient(
-    hook, emulator, db, database_url, restartable, caplog
+    hook, emulator, db, database_url, restartable, capfd
 ):
     run(hook, Action.INIT, "users")
     before = copy_state(db, database_url, "users")
@@ -365,14 +376,14 @@ def test_postgres_restarted_during_a_sync_upsert_is_transient(
     assert error.error.category == "transient" and error.error.type in GONE, error.error
     assert "PostgreSQL was unavailable or restarted" in str(error) and "reconnects" in str(error)
     assert copy_state(db, database_url, "users") == before  # nothing upserted, the watermark unmoved
-    assert_no_secret(emulator, restartable, *error_texts(error, caplog))
+    assert_no_secret(emulator, restartable, *error_texts(error, capfd))
     query(db, "DROP TRIGGER hold ON canvas.users")
     assert run(hook, Action.SYNC, "users").outcome == "synced"
     assert in_step(emulator, database_url, "users")
 
 
 def test_postgres_restarted_during_the_clients_alter_table_is_transient_not_view_advice(
-    hook, emulator, db, database_url, restartable, caplog
+    hook, emulator, db, database_url, restartable, capfd
 ):
     run(hook, Action.INIT, "accounts")
     query(db, HOLDS)
@@ -387,7 +398,7 @@ def test_postgres_restarted_during_the_clients_alter_table_is_transient_not_view
     text = str(error)
     assert error.error.category == "transient" and error.error.type in GONE, text
     assert "statement: ALTER TABLE" in text and "view" not in text.lower()
-    assert_no_secret(emulator, restartable, *error_texts(error, caplog))
+    assert_no_secret(emulator, restartable, *error_texts(error, capfd))
     query(db, "DROP EVENT TRIGGER hold_alter")
     assert run(hook, Action.SYNC, "accounts").outcome == "synced"
     assert in_step(emulator, database_url, "accounts")
@@ -514,7 +525,13 @@ def test_an_overlapping_run_on_a_table_being_initialized_is_busy(hook, emulator,
     ) as outcome:
         wait_for(lambda: stages(db), what="the first run's stage")
         busy = DapHook().run_table_job(
-            TableJob(action=Action.SYNC, namespace=NS, table="courses", lock_wait_seconds=1)
+            TableJob(
+                action=Action.SYNC,
+                namespace=NS,
+                table="courses",
+                lock_wait_seconds=1,
+                api_limit_window_seconds=PACER_WINDOW_SECONDS,
+            )
         )
     assert outcome["result"].outcome == "initialized"
     assert busy.outcome == "busy" and busy.error is None
