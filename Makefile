@@ -96,7 +96,7 @@ lock: check-python
 		--essential $(SHARED)/mwaa/mwaa-essential-constraints-3.2.1.txt
 	$(PYTHON312) scripts/lock.py dap
 
-# Installs nothing: says how to get Chromium when it is missing.
+# Installs no browser: says how to get Chromium when it is missing.
 status-screenshot: venvs check-postgres
 	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || command -v google-chrome >/dev/null \
 		|| { echo "Chromium is needed: sudo apt-get install -y chromium (Debian/Ubuntu), or put it on PATH"; exit 2; }

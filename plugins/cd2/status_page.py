@@ -360,12 +360,12 @@ def render_html(statuses: Sequence[TableStatus], *, now: datetime, problems: Ite
             + _cell(s.table)
             + _cell(s.watermark.strftime("%Y-%m-%d %H:%M:%S") if s.watermark else None)
             + _cell(f"{lag} (stale)" if s.stale else lag, "num lag")
-            + _cell(f"{s.freshness_hours:g}h", "num")
+            + _cell(f"{s.freshness_hours:,.10g}h", "num")
             + _cell(rows, "num")
             + _cell(s.schema_version, "num")
             + f'<td class="outcome-{html.escape(s.outcome or "none")}">{outcome}</td>'
             + f"<td>{run}</td>"
-            + _cell(s.error, "error")
+            + _cell(s.error or "", "error")
             + "</tr>"
         )
     lines += ["</tbody></table>", "</body></html>"]
@@ -386,9 +386,7 @@ def create_app() -> Any:
     @app.exception_handler(HTTPException)
     async def sign_in_first(request: Request, error: HTTPException):
         """A signed-out browser asking for the page is sent to Airflow's login page, then back."""
-        if error.status_code == status.HTTP_401_UNAUTHORIZED and request.url.path.rstrip("/") == (
-            request.scope.get("root_path", "").rstrip("/")
-        ):
+        if error.status_code == status.HTTP_401_UNAUTHORIZED and "/api/" not in request.url.path:
             return RedirectResponse(get_auth_manager().get_url_login(next_url=str(request.url)))
         return await http_exception_handler(request, error)
 

@@ -162,6 +162,7 @@ def test_the_page_escapes_marks_stale_rows_and_links_each_run_to_its_task_instan
     assert "<script" not in text
     assert "1 tables, 1 stale, 1 failed" in text
     assert '<tr class="stale">' in text and "2d00h (stale)" in text
+    assert '<td class="num">12h</td>' in text
     assert "~1,234,567" in text and "E: &lt;b&gt;oops&lt;/b&gt;" in text and "<b>oops" not in text
     assert "Could not read &lt;the&gt; replica" in text
     link = f'href="../{statuses[0].ui_path}" target="_top">{RUN}</a>'
