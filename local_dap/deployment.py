@@ -43,9 +43,8 @@ from local_dap.processes import free_loopback_port
 FINISHED_RUN_STATES = frozenset({"success", "failed"})
 ADMIN_USER = "admin"
 COMPONENTS = ("api-server", "scheduler", "dag-processor")
-TOKEN_COOKIE = (
-    "_token"  # the cookie the Airflow UI keeps its token in (base_auth_manager.COOKIE_NAME_JWT_TOKEN)
-)
+# The cookie the Airflow UI keeps its token in (base_auth_manager.COOKIE_NAME_JWT_TOKEN).
+TOKEN_COOKIE = "_token"
 
 
 class DeploymentError(RuntimeError):
@@ -242,7 +241,7 @@ class Deployment:
 
     def fetch(self, path: str, *, auth: str | None = "bearer") -> tuple[int, dict[str, str], str]:
         """GET ``<api_url>/<path>`` as a browser or client would, not following redirects: its status,
-        headers and text. ``auth``: ``"bearer"`` (a token header), ``"cookie"`` (the UI's ``_token``
+        headers (lower-case names) and text. ``auth``: ``"bearer"`` (a token header), ``"cookie"`` (the UI's ``_token``
         cookie, as a signed-in browser sends it) or None (signed out)."""
         request = urllib.request.Request(f"{self.api_url}/{path}", method="GET")
         if auth == "bearer":
@@ -252,9 +251,9 @@ class Deployment:
         opener = urllib.request.build_opener(_NoRedirect)
         try:
             with opener.open(request, timeout=60) as response:
-                return response.status, dict(response.headers), response.read().decode()
+                return response.status, _headers(response.headers), response.read().decode()
         except urllib.error.HTTPError as error:
-            return error.code, dict(error.headers), error.read().decode()
+            return error.code, _headers(error.headers), error.read().decode()
 
     def wait_for_dag(self, dag_id: str = DAG_ID, timeout: float = 180) -> dict:
         """Wait until the dag-processor has parsed ``dag_id``; raise naming import errors if any."""
@@ -413,6 +412,10 @@ class CpuSampler(threading.Thread):
         for is_child, seconds in self.seen.values():
             totals["dap_child" if is_child else "airflow"] += seconds
         return totals
+
+
+def _headers(message: Any) -> dict[str, str]:
+    return {name.lower(): value for name, value in message.items()}
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):

@@ -26,11 +26,14 @@ from airflow.models.dagrun import DagRun
 from airflow.models.taskinstance import TaskInstance
 from airflow.models.xcom import XComModel
 from airflow.sdk import Variable
+from airflow.utils.state import State
 from fastapi import Depends, FastAPI, HTTPException, Request, status
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import HTMLResponse, RedirectResponse
 from psycopg2 import sql
+from psycopg2.extensions import connection as PgConnection
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from cd2.config import ConfigError, Freshness, parse_config
 from cd2.connection_string import ssl_mode_from_extra
@@ -111,7 +114,7 @@ class TableStatus:
 # -- the replica --------------------------------------------------------------------------------------
 
 
-def read_replica(conn: Any) -> dict[str, ReplicaTable]:
+def read_replica(conn: PgConnection) -> dict[str, ReplicaTable]:
     """Every ``table_sync`` row with its table's row count, from an autocommit psycopg2 connection.
 
     A count that times out (``COUNT_TIMEOUT_MS``) is left unknown rather than failing the page.
@@ -154,7 +157,7 @@ def read_replica(conn: Any) -> dict[str, ReplicaTable]:
     return found
 
 
-def connect_replica(conn_id: str | None = None) -> Any:
+def connect_replica(conn_id: str | None = None) -> PgConnection:
     """An autocommit psycopg2 connection to the ``cd2_postgres`` connection's database."""
     pg = DapHook.get_connection(conn_id or DapHook.default_postgres_conn_name)
     options: dict[str, Any] = {}
@@ -178,7 +181,7 @@ def connect_replica(conn_id: str | None = None) -> Any:
 
 
 def read_last_outcomes(
-    session: Any, dag_id: str = DAG_ID, recent_runs: int = RECENT_RUNS
+    session: Session, dag_id: str = DAG_ID, recent_runs: int = RECENT_RUNS
 ) -> dict[str, LastOutcome]:
     """Each table's newest run among the last ``recent_runs`` that has its table task instances."""
     runs = dict(
@@ -242,22 +245,22 @@ def last_outcome(
         except ContractError:
             decoded[task_id] = None
     sync, init = decoded[SYNC_TASK_ID], decoded[INIT_TASK_ID]
+    states = {task_id: state for task_id, (_, state) in tasks.items()}
     label = (sync or init).label if (sync or init) else next((lab for lab, _ in tasks.values() if lab), None)
     if label is None:
         return None  # not rendered yet: the run has not reached this table
-    if sync is None:
-        state = (tasks.get(SYNC_TASK_ID) or (None, None))[1]
-        return LastOutcome(label, state or "none", run_id, SYNC_TASK_ID, map_index)
+    if sync is None:  # running, queued, or ended without a record (killed)
+        return LastOutcome(label, states.get(SYNC_TASK_ID) or "none", run_id, SYNC_TASK_ID, map_index)
+    if sync.outcome is Outcome.INIT_NEEDED and init is None:
+        state = states.get(INIT_TASK_ID)
+        if state and state not in State.finished:
+            return LastOutcome(label, state, run_id, INIT_TASK_ID, map_index)  # init still to come
     summary = summarize_table(label, sync, init)
     by_init = (
         init is not None
         and init.outcome is not Outcome.SKIPPED
         and sync.outcome not in (Outcome.FAILED, Outcome.BUSY)
     )
-    if sync.outcome is Outcome.INIT_NEEDED and init is None:
-        state = (tasks.get(INIT_TASK_ID) or (None, None))[1]
-        if state and state not in ("success", "failed", "skipped", "upstream_failed"):
-            return LastOutcome(label, state, run_id, INIT_TASK_ID, map_index)  # init still to come
     task_id = INIT_TASK_ID if by_init or sync.outcome is Outcome.INIT_NEEDED else SYNC_TASK_ID
     return LastOutcome(label, str(summary.outcome), run_id, task_id, map_index, summary.error)
 
@@ -375,7 +378,7 @@ def render_html(statuses: Sequence[TableStatus], *, now: datetime, problems: Ite
 # -- the app --------------------------------------------------------------------------------------------
 
 
-def create_app() -> Any:
+def create_app() -> FastAPI:
     """The FastAPI app the plugin mounts at :data:`URL_PREFIX`: ``/`` (HTML) and ``/api/tables`` (JSON)."""
     readers = [
         Depends(requires_access_dag("GET", DagAccessEntity.TASK_INSTANCE, param_dag_id=DAG_ID)),
@@ -390,7 +393,7 @@ def create_app() -> Any:
             return RedirectResponse(get_auth_manager().get_url_login(next_url=str(request.url)))
         return await http_exception_handler(request, error)
 
-    def collect(session: Any) -> tuple[list[TableStatus], list[str], datetime]:
+    def collect(session: Session) -> tuple[list[TableStatus], list[str], datetime]:
         now = datetime.now(UTC)
         freshness, problem = freshness_from_config(Variable.get(CONFIG_VARIABLE, default=""))
         problems = [f"Variable {CONFIG_VARIABLE}: {problem}; default bounds used"] if problem else []
