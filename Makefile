@@ -20,7 +20,8 @@ export CD2_TOOLS_BIN := $(abspath $(TOOLS_BIN))
 POSTGRES_TESTS ?= tests/dags tests/local_dap/emulator/test_faults.py tests/local_dap/test_postgres.py \
 	tests/plugins/cd2/dap_child/test_server_version.py tests/plugins/cd2/dap_child/test_fault_matrix.py
 
-.PHONY: help run test lint test-airflow-3.2.1 test-postgres venvs lock bundle deploy clean check-python check-postgres
+.PHONY: help run test lint test-airflow-3.2.1 test-postgres venvs lock bundle deploy clean check-python check-postgres \
+	status-screenshot
 
 help:
 	@echo "make run                 run the cd2_replica DAG locally (throwaway PostgreSQL + DAP emulator)"
@@ -29,6 +30,7 @@ help:
 	@echo "CD2_PG_BINDIR=DIR make test-postgres  the DAG-level and fault tests on the server binaries in DIR"
 	@echo "make lock                regenerate locks/ from $(SHARED)/mwaa and PyPI"
 	@echo "make bundle              write dist/ for MWAA"
+	@echo "make status-screenshot   docs/status-page.png: the status page on a local deployment (needs chromium)"
 	@echo "make deploy DEPLOY_ARGS=...  bundle, upload, deploy on AWS (docs/deploy.md)"
 
 run: venvs check-postgres
@@ -93,6 +95,12 @@ lock: check-python
 		--constraints $(SHARED)/mwaa/constraints-3.2.1-3.12.txt \
 		--essential $(SHARED)/mwaa/mwaa-essential-constraints-3.2.1.txt
 	$(PYTHON312) scripts/lock.py dap
+
+# Installs no browser: says how to get Chromium when it is missing.
+status-screenshot: venvs check-postgres
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || command -v google-chrome >/dev/null \
+		|| { echo "Chromium is needed: sudo apt-get install -y chromium (Debian/Ubuntu), or put it on PATH"; exit 2; }
+	$(AIRFLOW_PY) scripts/screenshot_status_page.py --out docs/status-page.png
 
 bundle: $(AIRFLOW_VENV)/.installed
 	$(AIRFLOW_PY) -m mwaa_infra.bundle --out dist --airflow-version $(AIRFLOW_VERSION)

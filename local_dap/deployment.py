@@ -43,6 +43,8 @@ from local_dap.processes import free_loopback_port
 FINISHED_RUN_STATES = frozenset({"success", "failed"})
 ADMIN_USER = "admin"
 COMPONENTS = ("api-server", "scheduler", "dag-processor")
+# The cookie the Airflow UI keeps its token in (base_auth_manager.COOKIE_NAME_JWT_TOKEN).
+TOKEN_COOKIE = "_token"
 
 
 class DeploymentError(RuntimeError):
@@ -200,6 +202,10 @@ class Deployment:
                     raise DeploymentError(f"the API server did not answer in {timeout:g} s") from None
                 time.sleep(0.5)
 
+    def token(self) -> str:
+        """A fresh token for the admin user (a ``Bearer`` header, or the UI's ``_token`` cookie)."""
+        return self._login()
+
     def _login(self) -> str:
         body = json.dumps({"username": ADMIN_USER, "password": self._password}).encode()
         request = urllib.request.Request(
@@ -232,6 +238,22 @@ class Deployment:
                     f"{method} {path}: HTTP {error.code}: {error.read().decode()}"
                 ) from None
         raise AssertionError("unreachable")
+
+    def fetch(self, path: str, *, auth: str | None = "bearer") -> tuple[int, dict[str, str], str]:
+        """GET ``<api_url>/<path>`` as a browser or client would, not following redirects: its status,
+        headers (lower-case names) and text. ``auth``: ``"bearer"`` (a token header), ``"cookie"`` (the UI's ``_token``
+        cookie, as a signed-in browser sends it) or None (signed out)."""
+        request = urllib.request.Request(f"{self.api_url}/{path}", method="GET")
+        if auth == "bearer":
+            request.add_header("Authorization", f"Bearer {self.token()}")
+        elif auth == "cookie":
+            request.add_header("Cookie", f"{TOKEN_COOKIE}={self.token()}")
+        opener = urllib.request.build_opener(_NoRedirect)
+        try:
+            with opener.open(request, timeout=60) as response:
+                return response.status, _headers(response.headers), response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, _headers(error.headers), error.read().decode()
 
     def wait_for_dag(self, dag_id: str = DAG_ID, timeout: float = 180) -> dict:
         """Wait until the dag-processor has parsed ``dag_id``; raise naming import errors if any."""
@@ -390,6 +412,15 @@ class CpuSampler(threading.Thread):
         for is_child, seconds in self.seen.values():
             totals["dap_child" if is_child else "airflow"] += seconds
         return totals
+
+
+def _headers(message: Any) -> dict[str, str]:
+    return {name.lower(): value for name, value in message.items()}
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
 
 
 def _signal_group(process: subprocess.Popen, sig: int) -> None:

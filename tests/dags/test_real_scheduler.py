@@ -1,10 +1,14 @@
 """The DAG on a real deployment (local_dap.deployment): concurrency, pacing and the UI's clear path.
 
 One deployment and one rate-limited emulator for the module: a first run of every table at once
-against an empty database, then a clear of one table in that finished run.
+against an empty database, then a clear of one table in that finished run, then the status page
+(plugins/cd2/status_page.py) as the API server serves it.
 """
 
 from __future__ import annotations
+
+import json
+from datetime import UTC
 
 import psycopg2
 import pytest
@@ -19,6 +23,8 @@ from local_dap.truth import replica_truth
 TIME_SCALE = 6
 NAMESPACES = ["canvas", "canvas_logs", "catalog"]
 BUILTIN_TABLES = len(builtin_tables())
+# The emulator's data is dated 2026-01-01: every table is stale under the default bound but this one.
+FRESH_TABLE = "canvas.users"
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +48,11 @@ def airflow(postgres_server, emulator, target):
         "cd2_postgres": postgres_connection(target),
         "aws_default": {"conn_type": "aws"},
     }
-    config = {"namespaces": NAMESPACES, "api_limit_window_seconds": 60 / TIME_SCALE}
+    config = {
+        "namespaces": NAMESPACES,
+        "api_limit_window_seconds": 60 / TIME_SCALE,
+        "freshness_hours": {FRESH_TABLE: 1_000_000},
+    }
     env = {"AIRFLOW__CD2__MAX_ACTIVE_TABLES": "16"}
     with Deployment.start(postgres_server, connections=connections, config=config, env=env) as airflow:
         airflow.unpause()
@@ -115,3 +125,53 @@ def test_clearing_one_table_reruns_exactly_its_tasks_notify_and_the_watcher(
     }
     assert ("table.sync", sync.map_index) in rerun and ("notify", -1) in rerun
     assert_replica_equals_truth(emulator, target, ["canvas.users"])
+
+
+def test_the_status_page_shows_each_table_as_the_replica_and_its_last_run_have_it(airflow, target, first_run):
+    assert airflow.fetch("cd2-status/api/tables", auth=None)[0] == 401
+    status, headers, _ = airflow.fetch("cd2-status/", auth=None)
+    assert status == 307 and headers["location"].startswith("/auth/login?next=")
+
+    status, _, body = airflow.fetch("cd2-status/api/tables")
+    assert status == 200
+    page = json.loads(body)
+    assert page["problems"] == []
+    shown = {row["table"]: row for row in page["tables"]}
+    replica = {}
+    with psycopg2.connect(target) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT source_namespace, source_table, timestamp, schema_version FROM instructure_dap.table_sync"
+        )
+        for namespace, table, watermark, version in cur.fetchall():
+            cur.execute(f'SELECT count(*) FROM "{namespace}"."{table}"')
+            replica[f"{namespace}.{table}"] = (
+                watermark.replace(tzinfo=UTC).isoformat(),
+                version,
+                cur.fetchone()[0],
+            )
+    assert len(replica) == 16
+    assert {
+        label: (row["watermark"], row["schema_version"], row["rows"]) for label, row in shown.items()
+    } == replica
+
+    tis = {(ti.task_id, ti.label): ti for ti in airflow.task_instances(first_run)}
+    cleared = tis[("table.sync", FRESH_TABLE)].try_number > 1  # by the test above
+    for label, row in shown.items():
+        expected = (
+            ("synced", "table.sync") if label == FRESH_TABLE and cleared else ("initialized", "table.init")
+        )
+        assert (row["outcome"], row["task_id"]) == expected, label
+        assert (row["run_id"], row["map_index"]) == (first_run, tis[(row["task_id"], label)].map_index)
+        assert row["stale"] is (label != FRESH_TABLE), label
+        assert row["freshness_hours"] == (1_000_000 if label == FRESH_TABLE else 12)
+
+    status, headers, text = airflow.fetch("cd2-status/", auth="cookie")  # as the UI's embedded view asks
+    assert status == 200 and headers["content-type"].startswith("text/html")
+    for label, row in shown.items():
+        assert f"<td>{label}</td>" in text
+        assert f'href="../{row["ui_path"]}" target="_top">{first_run}</a>' in text
+    assert text.count('<tr class="stale">') == 15
+    views = [view for plugin in airflow.api("GET", "plugins")["plugins"] for view in plugin["external_views"]]
+    assert {"name": "CD2 replica", "href": "cd2-status/", "url_route": "cd2-status"}.items() <= next(
+        view for view in views if view["href"] == "cd2-status/"
+    ).items()
