@@ -17,12 +17,11 @@ import logging
 
 import asyncpg
 
-from cd2.contract import TableRef
+from cd2.contract import PRODUCT_SCHEMA, TableRef
 from cd2.dap_child.quoting import qualified, quote_ident
 
 logger = logging.getLogger(__name__)
 
-PRODUCT_SCHEMA = "cd2_replica"
 SAVED_VIEWS = qualified(PRODUCT_SCHEMA, "saved_views")
 PENDING = "pending"
 NEEDS_PERSON = "needs_person"
