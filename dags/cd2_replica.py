@@ -36,9 +36,9 @@ run fail when a table failed, after the notification went out.
   `cd2_postgres` (target database; extra `sslmode`), `aws_default` (SNS).
 * Variable `cd2_config` (JSON, all keys optional): `namespaces`, `include`, `exclude`,
   `sns_topic_arn`, `freshness_hours` (a number, or `{"default": 12, "ns.table": 48}`), `api_limits`
-  (calls per minute per endpoint; default the API's published limits).
-* Variable keys `retention_hours` (`{"ns.table": hours}`: how far back the API serves a table's
-  changes; default the published 30 days of `canvas_logs.web_logs`), read by plan runs.
+  (calls per minute per endpoint; default the API's published limits), `retention_hours`
+  (`{"ns.table": hours}` the API serves a table's changes for; default the published 30 days of
+  `canvas_logs.web_logs`; plan runs predict a re-init from it).
 * Params: `tables` (only these), `force_reinit` (drop and re-initialize these), `plan` (change
   nothing: sync reports per table what a run would do, init, re-init, sync or nothing, and why, with
   watermark, lag, rows and local vs API schema version; init skips; only schema and list calls, no job).

@@ -150,7 +150,7 @@ class SyncTableOperator(_TableOperator):
 
 
 class InitTableOperator(_TableOperator):
-    """Initialize ``table_label`` if its sync said init needed; otherwise skip itself.
+    """Initialize ``table_label`` if its sync said init needed; otherwise (a plan run too) skip itself.
 
     The gate is here, not in a short-circuit operator: short-circuiting inside a mapped task group skips
     nothing on Airflow 3.2/3.3, while a task skipping itself after reading its own table's result works.
