@@ -38,8 +38,12 @@ run fail when a table failed, after the notification went out.
   `cd2_postgres` (target database; extra `sslmode`), `aws_default` (SNS).
 * Variable `cd2_config` (JSON, all keys optional): `namespaces`, `include`, `exclude`,
   `sns_topic_arn`, `freshness_hours` (a number, or `{"default": 12, "ns.table": 48}`), `api_limits`
-  (calls per minute per endpoint; default the API's published limits).
-* Params: `tables` (only these), `force_reinit` (drop and re-initialize these).
+  (calls per minute per endpoint; default the API's published limits), `retention_hours`
+  (`{"ns.table": hours}` the API serves a table's changes for; default the published 30 days of
+  `canvas_logs.web_logs`; plan runs predict a re-init from it).
+* Params: `tables` (only these), `force_reinit` (drop and re-initialize these), `plan` (change
+  nothing: sync reports per table what a run would do, init, re-init, sync or nothing, and why, with
+  watermark, lag, rows and local vs API schema version; init skips; only schema and list calls, no job).
 * Assets: a table task that changed its table emits an event for `postgres://host:port/db/ns/table`
   through the asset alias `cd2_replica_tables` (see `cd2.assets`).
 * `[cd2] max_active_tables` (Airflow configuration option): table tasks at once (each of sync, init).
@@ -70,6 +74,7 @@ run fail when a table failed, after the notification went out.
         "force_reinit": Param(
             [], type="array", items={"type": "string"}, description="Drop and re-initialize these tables"
         ),
+        "plan": Param(False, type="boolean", description="Only report what a run would do; change nothing"),
     },
 )
 def cd2_replica():
@@ -82,6 +87,7 @@ def cd2_replica():
             table_label=label,
             config=CONFIG,
             force_reinit="{{ params.force_reinit }}",
+            plan="{{ params.plan }}",
             map_index_template=MAP_INDEX_TEMPLATE,
             max_active_tis_per_dagrun=MAX_ACTIVE_TABLES,
             lock_wait_seconds=LOCK_WAIT_SECONDS,
@@ -107,6 +113,7 @@ def cd2_replica():
         config=CONFIG,
         list_task_id="list_tables",
         table_task_ids=["table.sync", "table.init"],
+        plan="{{ params.plan }}",
         trigger_rule="all_done",
         retries=1,
     )

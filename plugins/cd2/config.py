@@ -12,6 +12,8 @@ from cd2.contract import (
     DEFAULT_API_LIMIT_WINDOW_SECONDS,
     DEFAULT_API_LIMITS,
     DEFAULT_FRESHNESS_HOURS,
+    DEFAULT_RETENTION_HOURS,
+    NO_RETENTION,
     ApiEndpoint,
     TableRef,
     format_api_limits,
@@ -46,6 +48,22 @@ class Freshness:
 
 
 @dataclass(frozen=True)
+class Retention:
+    """How far back the API serves a table's incremental queries: ``overrides`` (``(pattern, hours)``,
+    first match wins) over the published :data:`cd2.contract.DEFAULT_RETENTION_HOURS`."""
+
+    overrides: tuple[tuple[str, float], ...] = ()
+
+    def hours_for(self, label: str) -> float:
+        """The table's retention in hours; ``NO_RETENTION`` when none is known."""
+        ref = TableRef.parse(label)
+        for pattern, hours in (*self.overrides, *DEFAULT_RETENTION_HOURS.items()):
+            if matches(pattern, ref.namespace, ref.name):
+                return hours
+        return NO_RETENTION
+
+
+@dataclass(frozen=True)
 class Cd2Config:
     """The parsed ``cd2_config`` Variable; every key is optional."""
 
@@ -54,6 +72,7 @@ class Cd2Config:
     exclude: tuple[str, ...] = ()
     sns_topic_arn: str | None = None
     freshness: Freshness = Freshness()
+    retention: Retention = Retention()
     # Calls per window per endpoint (schools can get raised limits); see cd2.contract.DEFAULT_API_LIMITS.
     api_limits: tuple[tuple[str, int], ...] = tuple(sorted(DEFAULT_API_LIMITS.items()))
     api_limit_window_seconds: float = DEFAULT_API_LIMIT_WINDOW_SECONDS
@@ -70,6 +89,7 @@ _KEYS = (
     "exclude",
     "sns_topic_arn",
     "freshness_hours",
+    "retention_hours",
     "api_limits",
     "api_limit_window_seconds",
 )
@@ -137,6 +157,7 @@ def parse_config(raw: str | Mapping[str, Any] | None) -> Cd2Config:
         exclude=_string_list(raw, "exclude"),
         sns_topic_arn=topic or None,
         freshness=_freshness(raw.get("freshness_hours")),
+        retention=_retention(raw.get("retention_hours")),
         api_limits=tuple(sorted(limits.items())),
         api_limit_window_seconds=float(window),
     )
@@ -163,6 +184,27 @@ def _freshness(value: Any) -> Freshness:
             raise ConfigError(f"Variable cd2_config: 'freshness_hours' key {pattern!r} is not a table name")
         overrides.append((pattern, _hours(hours, f"'freshness_hours' {pattern!r}")))
     return Freshness(default_hours=default, overrides=tuple(overrides))
+
+
+def _retention(value: Any) -> Retention:
+    """``{"canvas_logs.web_logs": 720, "catalog.*": 48}``: hours per table pattern."""
+    if value is None:
+        return Retention()
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"Variable cd2_config: 'retention_hours' must be an object, got {value!r}")
+    for pattern in value:
+        if not isinstance(pattern, str) or not pattern:
+            raise ConfigError(f"Variable cd2_config: 'retention_hours' key {pattern!r} is not a table name")
+    return Retention(tuple((p, _hours(h, f"'retention_hours' {p!r}")) for p, h in value.items()))
+
+
+def parse_flag_param(value: Any, name: str) -> bool:
+    """A boolean run parameter (rendered natively, or as the text ``true``/``false``)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", ""):
+        return value.strip().lower() == "true"
+    raise ConfigError(f"Param {name!r} must be true or false, got {value!r}")
 
 
 def parse_table_param(value: Any, name: str) -> tuple[str, ...]:

@@ -36,6 +36,11 @@ DEFAULT_FRESHNESS_HOURS = 12.0
 # Table tasks of one run at once (a concurrency cap: worker slots, child processes, connections; the
 # API's rate is the pacer's business, see API_LIMITS). Airflow configuration option [cd2] max_active_tables.
 DEFAULT_MAX_ACTIVE_TABLES = 8
+# How far back the API serves a table's incremental queries, where Instructure publishes it (hours; an
+# older watermark needs a fresh snapshot). cd2_config 'retention_hours' adds or overrides tables.
+DEFAULT_RETENTION_HOURS: dict[str, float] = {"canvas_logs.web_logs": 30 * 24.0}
+# A TableJob's retention_hours when no retention is known for the table.
+NO_RETENTION = 0.0
 # The PostgreSQL schema of the product's own state in the target database.
 PRODUCT_SCHEMA = "cd2_replica"
 
@@ -91,6 +96,7 @@ class Action(StrEnum):
     LIST = "list"
     SYNC = "sync"
     INIT = "init"
+    PLAN = "plan"  # say what a sync/init would do, changing nothing and creating no job
 
 
 class Outcome(StrEnum):
@@ -102,6 +108,16 @@ class Outcome(StrEnum):
     FAILED = "failed"
     SKIPPED = "skipped"
     BUSY = "busy"  # another run holds the table: not a failure
+    PLANNED = "planned"  # a plan run: nothing changed; the record's ``plan`` says what a run would do
+
+
+class PlannedAction(StrEnum):
+    """What a run would do to a table, as a plan run reports it."""
+
+    INIT = "init"
+    REINIT = "reinit"
+    SYNC = "sync"
+    NOTHING = "nothing"
 
 
 class ErrorCategory(StrEnum):
@@ -193,12 +209,16 @@ class ListJob(_Job):
     action: Action = Action.LIST
 
 
+TABLE_ACTIONS = (Action.SYNC, Action.INIT, Action.PLAN)
+
+
 @dataclass(frozen=True)
 class TableJob(_Job):
-    """Sync or init one table, holding its lock.
+    """Sync, init or plan one table (sync and init hold its lock).
 
-    ``holder`` names the run to other sessions waiting for the table; ``reinit`` (init only) replaces
-    an initialized table.
+    ``holder`` names the run to other sessions waiting for the table; ``reinit`` (init) replaces an
+    initialized table, (plan) says the table is named in ``force_reinit``; ``retention_hours`` (plan)
+    is how far back the API serves the table's incremental queries (``NO_RETENTION``: no known limit).
     """
 
     action: Action
@@ -209,10 +229,11 @@ class TableJob(_Job):
     api_limits: str = ""
     api_limit_window_seconds: float = DEFAULT_API_LIMIT_WINDOW_SECONDS
     reinit: bool = False
+    retention_hours: float = NO_RETENTION
 
     def __post_init__(self) -> None:
-        if self.action not in (Action.SYNC, Action.INIT):
-            raise ContractError(f"a table job's action is sync or init, not {self.action!r}")
+        if self.action not in TABLE_ACTIONS:
+            raise ContractError(f"a table job's action is sync, init or plan, not {self.action!r}")
         object.__setattr__(self, "action", Action(self.action))
 
     @property
@@ -225,7 +246,7 @@ def job_from_argv(argv: list[str]) -> ListJob | TableJob:
     parser = argparse.ArgumentParser(prog="python -m cd2.dap_child", description="Run one DAP client job.")
     actions = parser.add_subparsers(dest="action", required=True)
     ListJob.add_arguments(actions.add_parser(Action.LIST, help="list the tables of namespaces"))
-    for action in (Action.SYNC, Action.INIT):
+    for action in TABLE_ACTIONS:
         TableJob.add_arguments(actions.add_parser(action, help=f"{action} one table"))
     values = vars(parser.parse_args(argv))
     action = Action(values.pop("action"))
@@ -302,12 +323,27 @@ class ListResult(_Record):
 
 
 @dataclass(frozen=True)
+class TablePlan(_Record):
+    """What a run would do to one table and why, with the replica's row count and both schema versions
+    (the table's watermark is its :class:`TableResult`'s ``watermark_before``)."""
+
+    action: PlannedAction
+    reason: str
+    rows: int | None = None  # in the replica now (None: no table)
+    local_schema_version: int | None = None
+    api_schema_version: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "action", PlannedAction(self.action))
+
+
+@dataclass(frozen=True)
 class TableResult(_Record):
     """What one table task did (``label`` is ``namespace.table``): the child's result, the task's XCom.
 
     ``outcome`` is ``init_needed`` when a sync found the table uninitialized (``reinit`` when an
     initialized table must be replaced), ``failed`` with ``error`` set, ``skipped`` for an init that
-    had nothing to do.
+    had nothing to do, ``planned`` (with ``plan`` set) for a plan job.
     """
 
     label: str
@@ -324,8 +360,9 @@ class TableResult(_Record):
     # Views on the table that could not be recreated (kept as text in cd2_replica.saved_views).
     views_needing_person: list[str] | None = None
     server_warning: str | None = None  # the target server is older than MIN_SERVER_VERSION_NUM
+    plan: TablePlan | None = None
 
-    _nested: ClassVar[dict[str, type[_Record]]] = {"error": ChildError}
+    _nested: ClassVar[dict[str, type[_Record]]] = {"error": ChildError, "plan": TablePlan}
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "outcome", Outcome(self.outcome))

@@ -14,10 +14,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cd2.config import Freshness
-from cd2.contract import ErrorCategory, Outcome, TableResult
+from cd2.contract import ErrorCategory, Outcome, PlannedAction, TablePlan, TableResult
 
 # What a table's line in the notification can say, in the order the counts are told.
 OUTCOMES = (Outcome.SYNCED, Outcome.INITIALIZED, Outcome.FAILED, Outcome.SKIPPED)
+# The same for a plan run (the planned actions are counted apart).
+PLAN_OUTCOMES = (Outcome.PLANNED, Outcome.FAILED, Outcome.SKIPPED)
+PLAN_WORDS = {
+    PlannedAction.INIT: "would init",
+    PlannedAction.REINIT: "would re-init",
+    PlannedAction.SYNC: "would sync",
+    PlannedAction.NOTHING: "would do nothing",
+}
 # Told only when some table had them.
 OCCASIONAL_OUTCOMES = (Outcome.BUSY,)
 SUBJECT_LIMIT = 100  # SNS refuses longer subjects
@@ -37,6 +45,7 @@ class TableSummary:
     warning: str | None = None  # e.g. the target server is older than Instructure supports
     error_category: ErrorCategory | None = None
     views_needing_person: list[str] | None = None
+    plan: TablePlan | None = None  # a plan run: what a run would do
 
 
 @dataclass(frozen=True)
@@ -61,7 +70,7 @@ def summarize_table(label: str, sync: TableResult | None, init: TableResult | No
     """One table's line from its sync and init records (either may be missing: the task did not run)."""
     if sync is None:
         return TableSummary(label, Outcome.SKIPPED, error="sync did not run")
-    if sync.outcome in (Outcome.FAILED, Outcome.BUSY):
+    if sync.outcome in (Outcome.FAILED, Outcome.BUSY, Outcome.PLANNED):
         return _summary(label, sync.outcome, sync, sync)
     if init is not None and init.outcome in (
         Outcome.FAILED,
@@ -96,6 +105,7 @@ def _summary(label: str, outcome: Outcome, last: TableResult, *parts: TableResul
         warning=next((p.server_warning for p in parts if p.server_warning), None),
         error_category=last.error.category if last.error else None,
         views_needing_person=last.views_needing_person,
+        plan=last.plan,
     )
 
 
@@ -199,36 +209,49 @@ def compose(
     now: datetime,
     problem: str | None = None,
     freshness: Freshness | None = None,
+    plan: bool = False,
 ) -> Notification:
     """The run's notification: what needs a person first (subject and opening), then counts and a line
     per table; the same as facts.
 
     ``problem`` reports a failure before any table ran (e.g. the table list could not be made).
+    ``plan``: a plan run, told as such, with what a run would do per table instead of what was done.
     """
     freshness = freshness or Freshness()
     attention = needs_you(summaries, freshness, now, problem)
     counts = Counter(s.outcome for s in summaries)
+    planned = Counter(s.plan.action for s in summaries if s.plan)
     lags = [lag for s in summaries if (lag := _lag_seconds(s.watermark, now)) is not None]
     max_lag = max(lags) if lags else None
-    told = OUTCOMES + tuple(o for o in OCCASIONAL_OUTCOMES if counts[o])
+    told = (PLAN_OUTCOMES if plan else OUTCOMES) + tuple(o for o in OCCASIONAL_OUTCOMES if counts[o])
     count_text = ", ".join(f"{counts[o]} {o}" for o in told)
+    if plan:
+        failed = f"{counts[Outcome.FAILED]} failed, " if counts[Outcome.FAILED] else ""
+        count_text = failed + ", ".join(f"{planned[a]} {a}" for a in PlannedAction)
     if problem:
         status = "FAILED before any table ran"
     elif not summaries:
         status = "nothing to do"
     else:
         status = count_text
+    prefix = "PLAN, nothing changed; " if plan else ""
     if attention:
         named = ", ".join(item.table or "the run" for item in attention)
-        subject = f"{dag_id}: NEEDS YOU ({len(attention)}: {named}); {status}"
+        subject = f"{dag_id}: {prefix}NEEDS YOU ({len(attention)}: {named}); {status}"
         lines = [f"NEEDS YOU ({len(attention)}):"]
         lines += [
             f"- {item.table or 'the run'}: {item.problem}. Action: {item.action}." for item in attention
         ]
     else:
-        subject = f"{dag_id}: nothing needs you; {status}"
+        subject = f"{dag_id}: {prefix}nothing needs you; {status}"
         lines = ["Nothing needs you: every table replicated and is within its freshness bound."]
-    lines += ["", f"Run {run_id} of {dag_id}: {count_text}."]
+        if plan:
+            lines = ["Nothing needs you: every table is within its freshness bound."]
+    if plan:
+        lines += ["", f"PLAN run {run_id} of {dag_id}: no table was changed and no job created."]
+        lines.append(f"What a run would do: {count_text}.")
+    else:
+        lines += ["", f"Run {run_id} of {dag_id}: {count_text}."]
     if problem:
         lines.append(f"Problem: {first_line(problem)}")
     elif not summaries:
@@ -238,6 +261,9 @@ def compose(
     lines += [f"Warning: {warning}" for warning in warnings]
     lines.append("")
     for s in summaries:
+        if s.plan is not None:
+            lines.append(_plan_line(s, s.plan, now))
+            continue
         rows = f", {s.rows} rows" if s.rows is not None else ""
         error = f": {s.error}" if s.error else ""
         error += f" ({s.note})" if s.note else ""
@@ -245,7 +271,9 @@ def compose(
     facts = {
         "dag_id": dag_id,
         "run_id": run_id,
+        "plan": plan,
         "counts": {o: counts[o] for o in told},
+        "planned": {a: planned[a] for a in PlannedAction} if plan else None,
         "max_lag_seconds": round(max_lag, 1) if max_lag is not None else None,
         "problem": first_line(problem),
         "warnings": warnings,
@@ -260,3 +288,14 @@ def compose(
         ],
     }
     return Notification(subject[:SUBJECT_LIMIT], "\n".join(lines) + "\n", facts)
+
+
+def _plan_line(s: TableSummary, plan: TablePlan, now: datetime) -> str:
+    """``canvas.users: would sync (initialized); watermark ..., lag ..., 30 rows, schema v1 local / v1 API``"""
+    rows = "-" if plan.rows is None else str(plan.rows)
+    local = "-" if plan.local_schema_version is None else f"v{plan.local_schema_version}"
+    api = "-" if plan.api_schema_version is None else f"v{plan.api_schema_version}"
+    return (
+        f"{s.table}: {PLAN_WORDS[plan.action]} ({plan.reason}); watermark {s.watermark or '-'}, "
+        f"lag {_duration(_lag_seconds(s.watermark, now))}, {rows} rows, schema {local} local / {api} API"
+    )

@@ -14,6 +14,7 @@ import pytest
 
 from local_dap.airflow_home import AirflowEnvironment, DagRunResult, dap_connection, postgres_connection
 from local_dap.truth import replica_truth
+from tests.local_dap.emulator.conftest import run_library
 from tests.support.paths import DAP_PYTHON, REPO_ROOT
 
 TABLES = ["canvas.accounts", "canvas.users"]
@@ -136,6 +137,19 @@ class Replica:
             namespace, table = label.split(".")
             assert self.emulator.truth(namespace, table) == replica_truth(self.url, namespace, table), label
 
+    def snapshot(self) -> tuple:
+        """What a plan run must leave as it was: the metadata rows, and every replica table's truth."""
+        with self.server.connect(self.database) as conn, conn.cursor() as cur:
+            cur.execute("SELECT * FROM instructure_dap.table_sync ORDER BY source_namespace, source_table")
+            table_sync = cur.fetchall()
+            cur.execute(
+                "SELECT table_schema, table_name FROM information_schema.tables WHERE table_schema "
+                "NOT IN ('pg_catalog', 'information_schema', 'cd2_replica') ORDER BY 1, 2"
+            )
+            tables = cur.fetchall()
+        truths = [replica_truth(self.url, schema, name) for schema, name in tables if schema == "canvas"]
+        return table_sync, tables, truths
+
     def break_half_way(self, table: str) -> None:
         """Leave ``table`` as an init killed mid-load does: some rows, no table_sync row."""
         with self.server.connect(self.database) as conn, conn.cursor() as cur:
@@ -243,6 +257,7 @@ def test_a_failing_table_spares_the_others_fails_the_run_and_a_rerun_recovers(re
     # Next run: accounts was left half-initialized by a killed init, users is initialized.
     replica.emulator.advance(changes=10)
     replica.break_half_way("accounts")
+    check_a_plan_run(replica)
     recovered, note = replica.run()
     assert recovered.state == "success"
     assert recovered.states("table.init") == {"canvas.accounts": "success", "canvas.users": "skipped"}
@@ -281,3 +296,80 @@ def test_a_target_server_older_than_16_3_is_warned_about_in_the_task_log_and_not
     else:
         assert "older than 16.3" not in logged
         assert note["facts"]["warnings"] == [] and note["facts"]["tables"][0]["warning"] is None
+
+
+PLANNED = {
+    "canvas.accounts": ("init", "half-initialized leftover"),
+    "canvas.assignments": ("init", "not in the replica"),
+    "canvas.courses": ("reinit", "watermark older than the API's retention (1h)"),
+    "canvas.enrollments": ("sync", "schema change: version 1 -> 2"),
+    "canvas.pseudonyms": ("reinit", "force_reinit"),
+    "canvas.users": ("sync", "initialized"),
+}
+
+
+def check_a_plan_run(replica: Replica) -> None:
+    """A plan run over a half-initialized, a missing, a too-old, a schema-behind, a forced and a current
+    table: the right action for each, no job created, nothing changed. (Part of the test above: its
+    replica already holds the half-initialized and the current table.)"""
+    for table in ("courses", "enrollments", "pseudonyms"):
+        assert run_library(replica.emulator, "init", "canvas", table, replica.url)["ok"]
+    replica.emulator.bump_schema("canvas", "enrollments", "add_column")
+    # courses' watermark falls out of the API's retention (the emulator's clock moves 1 h a step).
+    replica.emulator.configure(retention_hours={"canvas.courses": 1})
+    replica.emulator.advance(changes=1, steps=2, tables=["canvas.courses"])
+    before = replica.snapshot()
+    replica.emulator.clear_requests()
+
+    plan, note = replica.run(
+        config={
+            "include": [label.split(".")[1] for label in PLANNED],
+            "retention_hours": {"canvas.courses": 1},
+        },
+        conf={"plan": True, "force_reinit": ["canvas.pseudonyms"]},
+    )
+    assert plan.state == "success"
+    assert plan.states("table.init") == dict.fromkeys(PLANNED, "skipped")
+    endpoints = {r["endpoint"] for r in replica.emulator.requests()}
+    assert endpoints <= {"login", "list", "schema"}, endpoints  # no job created (no "data" call)
+    schema_calls = sorted(
+        f"canvas.{r['table']}" for r in replica.emulator.requests() if r["endpoint"] == "schema"
+    )
+    assert schema_calls == sorted(PLANNED)
+    assert replica.snapshot() == before
+    assert replica.airflow.asset_events(plan.run_id) == []
+
+    labels = replica.airflow.xcom(plan.run_id, "list_tables")
+    records = {
+        label: replica.airflow.xcom(plan.run_id, "table.sync", map_index=index)
+        for index, label in enumerate(labels)
+    }
+    for label, (action, reason) in PLANNED.items():
+        assert records[label]["outcome"] == "planned", records[label]
+        assert records[label]["plan"]["action"] == action, (label, records[label])
+        assert records[label]["plan"]["reason"].startswith(reason), (label, records[label])
+    assert records["canvas.users"]["plan"] | {"reason": None} == {
+        "action": "sync", "reason": None, "rows": 30, "local_schema_version": 1, "api_schema_version": 1,
+    }  # fmt: skip
+    assert records["canvas.assignments"]["plan"]["rows"] is None
+    assert records["canvas.accounts"]["plan"]["rows"] < 30  # the leftover's
+    assert records["canvas.users"]["watermark_before"]
+
+    assert note["Subject"] == (
+        "cd2_replica: PLAN, nothing changed; nothing needs you; 2 init, 2 reinit, 2 sync, 0 nothing"
+    )
+    assert note["facts"]["plan"] is True
+    assert note["facts"]["planned"] == {"init": 2, "reinit": 2, "sync": 2, "nothing": 0}
+    told = {t["table"]: t["plan"]["action"] for t in note["facts"]["tables"]}
+    assert told == {label: action for label, (action, _) in PLANNED.items()}
+    text = plan.output  # the notification's text is in notify's log
+    assert "PLAN run " in text and "no table was changed and no job created" in text
+    assert "canvas.courses: would re-init (watermark older than the API's retention (1h))" in text
+    assert "canvas.enrollments: would sync (schema change: version 1 -> 2" in text
+    assert "schema v1 local / v2 API" in text
+    assert "canvas.assignments: would init (not in the replica); watermark -, lag -, - rows" in text
+
+    # The prediction holds: the API refuses courses' changes since its watermark (a run re-inits it).
+    assert run_library(replica.emulator, "sync", "canvas", "courses", replica.url)["error_type"] == (
+        "OutOfRangeError"
+    )

@@ -51,7 +51,7 @@ def test_every_dag_file_loads_without_import_errors(airflow_env):
     assert facts["schedule"] == "0 */4 * * *"
     assert (facts["catchup"], facts["max_active_runs"], facts["doc"]) == (False, 1, True)
     assert facts["tags"] and facts["owner"] and facts["retries"] >= 1 and facts["backoff"]
-    assert facts["params"] == ["force_reinit", "tables"]
+    assert facts["params"] == ["force_reinit", "plan", "tables"]
     assert facts["tasks"] == ["fail_if_any_table_failed", "list_tables", "notify", "table.init", "table.sync"]
     assert facts["map_index_template"] == "{{ task.table_label }}"
 

@@ -15,7 +15,7 @@ import re
 import sys
 import time
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 from dap.api import DAPClient, DAPSession
@@ -26,11 +26,21 @@ from dap.replicator.sql import SQLReplicator
 from pysqlsync.base import QueryException
 
 from cd2 import contract
-from cd2.contract import Action, ListJob, ListResult, Outcome, TableJob, TableRef, TableResult
+from cd2.contract import (
+    Action,
+    ListJob,
+    ListResult,
+    Outcome,
+    PlannedAction,
+    TableJob,
+    TablePlan,
+    TableRef,
+    TableResult,
+)
 from cd2.dap_child import api_budget, locks, server_version, staging, views
 from cd2.dap_child.ddl_guard import views_kept_around_ddl
 from cd2.dap_child.errors import DapEnvironmentError, LockHeldTooLong, LockTimeout, PreviousCopyKept, classify
-from cd2.dap_child.quoting import quote_ident
+from cd2.dap_child.quoting import qualified, quote_ident
 
 logger = logging.getLogger("cd2.dap_child")
 PARENT_POLL_SECONDS = 2.0
@@ -46,6 +56,11 @@ class TableState:
     table_exists: bool
     watermark: datetime | None = None
     schema_version: int | None = None
+
+    @property
+    def half_initialized(self) -> bool:
+        """The table exists without a ``table_sync`` row: what an init that died part-way leaves."""
+        return self.table_exists and not self.initialized
 
 
 async def read_table_state(conn: asyncpg.Connection, namespace: str, table: str) -> TableState:
@@ -235,7 +250,7 @@ async def _init(
         async with views_kept_around_ddl(conn, ref):
             await replicator.synchronize(ref.namespace, ref.name)
         return _Done(Outcome.SYNCED)
-    if before.table_exists and not before.initialized:
+    if before.half_initialized:
         logger.warning(
             "%s: a half-initialized leftover (no table_sync row) is replaced once the new copy is complete",
             ref.label,
@@ -260,6 +275,69 @@ async def _init(
     return _Done(Outcome.INITIALIZED, reinit=before.initialized)
 
 
+async def plan_table(job: TableJob) -> TableResult:
+    """What a sync or init run would do to one table, changing nothing: reads ``table_sync`` and the
+    catalog, takes no lock, and asks the API only for the table's schema (paced; no job created)."""
+    ref = job.ref
+    started = time.monotonic()
+    conn = await locks.connect_as(_env(contract.ENV_DATABASE_URL), job.holder)
+    try:
+        await server_version.check(conn)
+        holder, since = await locks.table_lock_holding(conn, ref.label)
+        async with _pacer(job), _client() as session:
+            api_version = (await session.get_table_schema(ref.namespace, ref.name)).version
+        state = await read_table_state(conn, ref.namespace, ref.name)
+        rows = None
+        if state.table_exists:
+            rows = await conn.fetchval(f"SELECT count(*) FROM {qualified(ref.namespace, ref.name)}")
+    finally:
+        await conn.close()
+    if holder:
+        # A run would wait for the lock, then report the table busy and leave it alone.
+        action, reason = PlannedAction.NOTHING, f"busy: worked on by {holder} since {since}"
+    else:
+        action, reason = plan_action(
+            state, api_version, forced=job.reinit, retention_hours=job.retention_hours, now=datetime.now(UTC)
+        )
+    logger.info("%s: a run would %s (%s)", ref.label, action, reason)
+    return TableResult(
+        label=ref.label,
+        outcome=Outcome.PLANNED,
+        reason=reason,
+        duration_seconds=round(time.monotonic() - started, 3),
+        watermark_before=_iso(state.watermark),
+        schema_version=state.schema_version,
+        server_warning=server_version.found,
+        plan=TablePlan(action, reason, rows, state.schema_version, api_version),
+    )
+
+
+def plan_action(
+    state: TableState, api_version: int, *, forced: bool, retention_hours: float, now: datetime
+) -> tuple[PlannedAction, str]:
+    """The sync and init steps' decisions above, predicted from the table's state (first match wins).
+
+    A watermark older than the API's retention is what makes the API answer a sync with
+    ``OutOfRangeError`` (handled in :func:`_sync` as a re-init).
+    """
+    if state.half_initialized:
+        return PlannedAction.INIT, "half-initialized leftover (no table_sync row): a fresh init replaces it"
+    if not state.initialized:
+        return PlannedAction.INIT, "not in the replica"
+    if forced:
+        return PlannedAction.REINIT, "force_reinit"
+    if retention_hours and state.watermark is not None:
+        watermark = state.watermark.replace(tzinfo=UTC) if state.watermark.tzinfo is None else state.watermark
+        if now - watermark > timedelta(hours=retention_hours):
+            return PlannedAction.REINIT, f"watermark older than the API's retention ({retention_hours:g}h)"
+    if state.schema_version is not None and state.schema_version < api_version:
+        return (
+            PlannedAction.SYNC,
+            f"schema change: version {state.schema_version} -> {api_version}, applied by the sync",
+        )
+    return PlannedAction.SYNC, "initialized"
+
+
 async def _drop_stage_quietly(conn: asyncpg.Connection, stage: staging.Stage) -> None:
     try:
         await staging.drop_stage(conn, stage)
@@ -282,6 +360,8 @@ async def _run(job: ListJob | TableJob) -> ListResult | TableResult:
     try:
         if isinstance(job, ListJob):
             return await list_tables(job)
+        if job.action is Action.PLAN:
+            return await plan_table(job)
         return await replicate_table(job)
     finally:
         watchdog.cancel()

@@ -108,7 +108,8 @@ class DapHook(BaseHook):
         return self._decode(ListResult, payload).tables
 
     def run_table_job(self, job: TableJob) -> TableResult:
-        """Sync or init one table (a sync of an uninitialized table reports ``init_needed``, no job)."""
+        """Sync, init or plan one table (a sync of an uninitialized table reports ``init_needed``, no job;
+        a plan reports ``planned`` and creates no job)."""
         return self._decode(TableResult, self.run_child(job))
 
     def kill_child(self) -> None:

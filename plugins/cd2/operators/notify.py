@@ -9,7 +9,7 @@ from typing import Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
-from cd2.config import ConfigError, Freshness, parse_config
+from cd2.config import ConfigError, Freshness, parse_config, parse_flag_param
 from cd2.contract import TableResult
 from cd2.summary import Notification, compose, summarize_table
 
@@ -23,10 +23,11 @@ class NotifyRunOperator(BaseOperator):
     :param config: the ``cd2_config`` Variable's value.
     :param list_task_id: the task that returned the tables.
     :param table_task_ids: the mapped per-table tasks, in order (sync, init).
+    :param plan: the run is a plan run (the message says so and lists what a run would do).
     :param aws_conn_id: the AWS connection for SNS.
     """
 
-    template_fields: Sequence[str] = ("config",)
+    template_fields: Sequence[str] = ("config", "plan")
     ui_color = "#f8efe0"
 
     def __init__(
@@ -35,6 +36,7 @@ class NotifyRunOperator(BaseOperator):
         config: str | Mapping[str, Any] | None = None,
         list_task_id: str,
         table_task_ids: Sequence[str],
+        plan: bool | str = False,
         aws_conn_id: str | None = "aws_default",
         **kwargs: Any,
     ) -> None:
@@ -42,6 +44,7 @@ class NotifyRunOperator(BaseOperator):
         self.config = config
         self.list_task_id = list_task_id
         self.table_task_ids = table_task_ids
+        self.plan = plan
         self.aws_conn_id = aws_conn_id
 
     def execute(self, context: Any) -> dict[str, Any]:
@@ -50,7 +53,11 @@ class NotifyRunOperator(BaseOperator):
             topic, freshness, problem = config.sns_topic_arn, config.freshness, None
         except ConfigError as error:
             topic, freshness, problem = None, None, str(error)
-        notification = self.compose(context, problem, freshness)
+        try:
+            plan = parse_flag_param(self.plan, "plan")
+        except ConfigError as error:
+            plan, problem = False, problem or str(error)
+        notification = self.compose(context, problem, freshness, plan=plan)
         self.log.info("%s\n%s", notification.subject, notification.text)
         if topic:
             # Imported here: the Amazon provider (boto3) would cost the DAG file's parse time.
@@ -69,7 +76,9 @@ class NotifyRunOperator(BaseOperator):
             self.log.info("No sns_topic_arn in cd2_config: the summary above is only logged")
         return notification.facts
 
-    def compose(self, context: Any, problem: str | None, freshness: Freshness | None = None) -> Notification:
+    def compose(
+        self, context: Any, problem: str | None, freshness: Freshness | None = None, *, plan: bool = False
+    ) -> Notification:
         ti = context["ti"]
         tables = ti.xcom_pull(task_ids=self.list_task_id, map_indexes=-1)
         if tables is None and problem is None:
@@ -91,6 +100,7 @@ class NotifyRunOperator(BaseOperator):
             now=datetime.now(UTC),
             problem=problem,
             freshness=freshness,
+            plan=plan,
         )
 
 

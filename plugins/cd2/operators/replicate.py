@@ -10,7 +10,7 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from cd2.assets import emit_table_event
-from cd2.config import ConfigError, matches, parse_config, parse_table_param
+from cd2.config import ConfigError, matches, parse_config, parse_flag_param, parse_table_param
 from cd2.contract import (
     DEFAULT_LOCK_WAIT_SECONDS,
     Action,
@@ -75,6 +75,7 @@ class _TableOperator(BaseOperator):
                 lock_wait_seconds=self.lock_wait_seconds,
                 api_limits=config.api_limits_argv,
                 api_limit_window_seconds=config.api_limit_window_seconds,
+                retention_hours=config.retention.hours_for(ref.label),
             )
             try:
                 result = self.run_job(self.hook, job)
@@ -117,31 +118,39 @@ class SyncTableOperator(_TableOperator):
     """Synchronize ``table_label`` (``namespace.table``) if it is initialized; else report init needed.
 
     :param table_label: ``namespace.table``.
-    :param config: the ``cd2_config`` Variable's value (for ``api_limits``).
+    :param config: the ``cd2_config`` Variable's value (for ``api_limits``, ``retention_hours``).
     :param force_reinit: tables to drop and re-initialize instead (``ns.table`` or ``table``, globs).
+    :param plan: only report what a run would do (outcome ``planned``): no change, no job created.
     :param lock_wait_seconds: how long to wait for another task instance working on the same table.
     """
 
-    template_fields: Sequence[str] = (*_TableOperator.template_fields, "force_reinit")
+    template_fields: Sequence[str] = (*_TableOperator.template_fields, "force_reinit", "plan")
     action = Action.SYNC
 
-    def __init__(self, *, force_reinit: Sequence[str] | str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *, force_reinit: Sequence[str] | str | None = None, plan: bool | str = False, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.force_reinit = force_reinit
+        self.plan = plan
 
     def run_job(self, hook: DapHook, job: TableJob) -> TableResult:
         try:
             force_reinit = parse_table_param(self.force_reinit, "force_reinit")
+            plan = parse_flag_param(self.plan, "plan")
         except ConfigError as error:
             raise AirflowFailException(str(error)) from None
-        if any(matches(pattern, job.namespace, job.table) for pattern in force_reinit):
+        forced = any(matches(pattern, job.namespace, job.table) for pattern in force_reinit)
+        if plan:
+            return hook.run_table_job(replace(job, action=Action.PLAN, reinit=forced))
+        if forced:
             self.log.info("%s is in force_reinit: no sync, init will re-initialize it", self.table_label)
             return TableResult(self.table_label, Outcome.INIT_NEEDED, reason="force_reinit", reinit=True)
         return hook.run_table_job(job)
 
 
 class InitTableOperator(_TableOperator):
-    """Initialize ``table_label`` if its sync said init needed; otherwise skip itself.
+    """Initialize ``table_label`` if its sync said init needed; otherwise (a plan run too) skip itself.
 
     The gate is here, not in a short-circuit operator: short-circuiting inside a mapped task group skips
     nothing on Airflow 3.2/3.3, while a task skipping itself after reading its own table's result works.
@@ -158,6 +167,8 @@ class InitTableOperator(_TableOperator):
 
     def run_job(self, hook: DapHook, job: TableJob) -> TableResult:
         sync = TableResult.from_dict(self.sync_result)
+        if sync.outcome is Outcome.PLANNED:
+            raise AirflowSkipException(f"{self.table_label}: a plan run changes nothing")
         if sync.outcome is not Outcome.INIT_NEEDED:
             raise AirflowSkipException(f"{self.table_label}: sync brought it up to date; no init needed")
         self.log.info("%s: init needed (%s)", self.table_label, sync.reason)

@@ -25,6 +25,7 @@ def test_only_an_init_or_a_sync_that_wrote_rows_changed_the_table():
         TableResult("canvas.a", Outcome.INIT_NEEDED),
         TableResult("canvas.a", Outcome.SKIPPED),
         TableResult("canvas.a", Outcome.FAILED),
+        TableResult("canvas.a", Outcome.PLANNED, rows=30),  # a plan run changes nothing
     ):
         assert not changed(unchanged)
     result = TableResult(

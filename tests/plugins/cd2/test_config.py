@@ -8,10 +8,11 @@ from cd2.config import (
     Cd2Config,
     ConfigError,
     parse_config,
+    parse_flag_param,
     parse_table_param,
     select_tables,
 )
-from cd2.contract import DEFAULT_API_LIMITS
+from cd2.contract import DEFAULT_API_LIMITS, NO_RETENTION
 
 AVAILABLE = {"canvas": ["accounts", "courses", "users", "user_notes"], "catalog": ["courses"]}
 
@@ -107,3 +108,23 @@ def test_freshness_hours_a_default_and_per_table_overrides():
 def test_bad_freshness_hours_names_the_key(value):
     with pytest.raises(ConfigError, match="freshness_hours"):
         parse_config({"freshness_hours": value})
+
+
+def test_retention_hours_override_the_published_retention():
+    assert parse_config({}).retention.hours_for("canvas_logs.web_logs") == 30 * 24
+    assert parse_config({}).retention.hours_for("canvas.users") == NO_RETENTION
+    retention = parse_config({"retention_hours": {"canvas_logs.web_logs": 48, "canvas.*": 6}}).retention
+    assert [retention.hours_for(t) for t in ("canvas_logs.web_logs", "canvas.users")] == [48, 6]
+
+
+@pytest.mark.parametrize("value", [12, {"canvas.users": 0}, {"canvas.users": "x"}, {"": 1}])
+def test_bad_retention_hours_names_the_key(value):
+    with pytest.raises(ConfigError, match="retention_hours"):
+        parse_config({"retention_hours": value})
+
+
+def test_flag_param_is_a_boolean_or_its_text():
+    assert parse_flag_param(True, "plan") is True
+    assert parse_flag_param("false", "plan") is False and parse_flag_param("True", "plan") is True
+    with pytest.raises(ConfigError, match="'plan'"):
+        parse_flag_param("yes please", "plan")

@@ -15,7 +15,9 @@ from cd2.contract import (
     ListJob,
     ListResult,
     Outcome,
+    PlannedAction,
     TableJob,
+    TablePlan,
     TableRef,
     TableResult,
     job_from_argv,
@@ -44,26 +46,31 @@ def test_table_ref_parses_labels():
             api_limits="create_job=7",
             api_limit_window_seconds=30.0,
         ),  # fmt: skip
+        TableJob(action=Action.PLAN, namespace="canvas", table="users", reinit=True, retention_hours=1.5),
     ],
 )
 def test_jobs_round_trip_through_argv(job):
     assert job_from_argv(job.to_argv()) == job
 
 
-def test_a_table_job_is_sync_or_init():
-    with pytest.raises(ContractError, match="sync or init"):
+def test_a_table_job_is_sync_init_or_plan():
+    with pytest.raises(ContractError, match="sync, init or plan"):
         TableJob(action=Action.LIST, namespace="canvas", table="users")
 
 
 def test_results_round_trip_through_json():
     failed = TableResult("canvas.users", Outcome.FAILED, error=ChildError(ErrorCategory.TRANSIENT, "X", "m"))
     done = TableResult("canvas.users", Outcome.SYNCED, rows=3, watermark_after="2026-01-01T00:00:00Z")
-    for result in (failed, done):
+    planned = TableResult(
+        "canvas.users", Outcome.PLANNED, plan=TablePlan(PlannedAction.SYNC, "initialized", 30, 1, 2)
+    )
+    for result in (failed, done, planned):
         decoded = TableResult.from_json(result.to_json())
         assert decoded == result and isinstance(decoded.outcome, Outcome)
     listed = ListResult(tables={"canvas": ["users"]})
     assert ListResult.from_json(listed.to_json()) == listed
     assert TableResult.from_json(failed.to_json()).error.category is ErrorCategory.TRANSIENT
+    assert TableResult.from_json(planned.to_json()).plan.action is PlannedAction.SYNC
 
 
 def test_a_field_only_one_side_knows_is_an_error():

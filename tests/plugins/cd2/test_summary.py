@@ -6,7 +6,7 @@ import json
 from datetime import UTC, datetime
 
 from cd2.config import Freshness
-from cd2.contract import ChildError, ErrorCategory, Outcome, TableResult
+from cd2.contract import ChildError, ErrorCategory, Outcome, PlannedAction, TablePlan, TableResult
 from cd2.summary import compose, summarize_table
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -156,3 +156,43 @@ def test_a_problem_before_any_table_needs_you():
         [], dag_id="cd2_replica", run_id="r", now=NOW, problem="Variable cd2_config is not valid JSON"
     )
     assert note.subject.startswith("cd2_replica: NEEDS YOU (1: the run); FAILED before any table ran")
+
+
+def test_a_plan_run_says_so_and_tells_what_a_run_would_do_per_table():
+    plans = {
+        "canvas.a": TablePlan(
+            PlannedAction.SYNC, "schema change: version 1 -> 2, applied by the sync", 30, 1, 2
+        ),
+        "canvas.b": TablePlan(PlannedAction.INIT, "not in the replica", None, None, 1),
+        "canvas.c": TablePlan(PlannedAction.REINIT, "force_reinit", 5, 1, 1),
+    }
+    skipped = TableResult("x", Outcome.SKIPPED, reason="a plan run changes nothing")
+    summaries = [
+        summarize_table(
+            label,
+            TableResult(label, Outcome.PLANNED, reason=plan.reason, watermark_before=(
+                "2026-01-01T06:00:00Z" if plan.rows else None), plan=plan),
+            skipped,
+        )
+        for label, plan in plans.items()
+    ] + [summarize_table("canvas.d", FAILED, None)]  # fmt: skip
+    assert [s.outcome for s in summaries] == ["planned", "planned", "planned", "failed"]
+    note = compose(summaries, dag_id="cd2_replica", run_id="r1", now=NOW, plan=True)
+    assert note.subject.startswith("cd2_replica: PLAN, nothing changed; NEEDS YOU (1: canvas.d); ")
+    assert "NEEDS YOU (1: canvas.d); 1 failed, 1 init, 1 reinit, 1 sync" in note.subject
+    assert "PLAN run r1 of cd2_replica: no table was changed and no job created." in note.text
+    assert (
+        "canvas.a: would sync (schema change: version 1 -> 2, applied by the sync); "
+        "watermark 2026-01-01T06:00:00Z, lag 6h00m00s, 30 rows, schema v1 local / v2 API"
+    ) in note.text
+    assert (
+        "canvas.b: would init (not in the replica); watermark -, lag -, - rows, schema - local / v1 API"
+        in (note.text)
+    )
+    assert "canvas.d: failed" in note.text
+    assert note.facts["plan"] is True
+    assert note.facts["planned"] == {"init": 1, "reinit": 1, "sync": 1, "nothing": 0}
+    assert note.facts["counts"] == {"planned": 3, "failed": 1, "skipped": 0}
+    assert json.loads(json.dumps(note.facts))["tables"][2]["plan"]["action"] == "reinit"
+    ordinary = compose(summaries[:1], dag_id="cd2_replica", run_id="r2", now=NOW)
+    assert ordinary.facts["plan"] is False and "PLAN" not in ordinary.subject

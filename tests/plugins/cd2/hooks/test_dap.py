@@ -160,6 +160,15 @@ def test_a_locked_table_waits_then_is_busy_naming_the_holder_and_argv_has_no_sec
         assert result.outcome == "busy" and result.error is None
         assert "worked on by cd2_replica manual__holding_run since 20" in result.reason
         assert 2 <= time.monotonic() - started < 30
+        # A plan run does not wait for the table: a run would do nothing to it now.
+        planned = hook.run_table_job(TableJob(action=Action.PLAN, namespace=NS, table="accounts"))
+        assert planned.outcome == "planned" and planned.plan.action == "nothing"
+        assert planned.plan.reason.startswith("busy: worked on by cd2_replica manual__holding_run")
+        assert planned.plan.api_schema_version == 1 and planned.plan.rows is None
+        with holder.cursor() as cur:
+            cur.execute("SELECT count(*) FROM cd2_replica.api_calls WHERE endpoint = 'schema'")
+            assert cur.fetchone()[0] == 1  # the plan's one schema call went through the pacer
+        assert [r["endpoint"] for r in dap_emulator.requests() if r["endpoint"] != "login"] == ["schema"]
     finally:
         holder.close()
     assert seen, "the child process was not seen running"
