@@ -154,7 +154,7 @@ def test_every_table_task_instance_is_named_once_it_ran_and_in_its_last_try(airf
 @pytest.mark.xfail(
     strict=True,
     raises=AssertionError,
-    reason="Airflow 3.3.1: the Task SDK's RetryTask carries no rendered_map_index, so the API server "
+    reason="Airflow 3.3.1 and 3.2.1: the Task SDK's RetryTask carries no rendered_map_index, so the API server "
     "clears the name when a try fails with a retry left (up_for_retry and the wait for the next try show "
     "the map index); the tries endpoint has no rendered_map_index field",
 )
@@ -169,7 +169,7 @@ def test_a_retried_instance_keeps_its_name_between_tries(airflow, troubled):
 @pytest.mark.xfail(
     strict=True,
     raises=AssertionError,
-    reason="Airflow 3.3.1: only the task itself renders map_index_template, so an instance that has not "
+    reason="Airflow 3.3.1 and 3.2.1: only the task itself renders map_index_template, so an instance that has not "
     "run yet (scheduled, queued) or never runs (upstream_failed) shows its map index",
 )
 def test_an_instance_that_has_not_run_is_named(airflow, healthy, troubled):
