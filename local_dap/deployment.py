@@ -32,6 +32,7 @@ import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,8 @@ class TaskInstance:
     label: str | None
     state: str | None
     try_number: int
+    start_date: str | None = None
+    end_date: str | None = None
 
 
 class Deployment:
@@ -86,10 +89,17 @@ class Deployment:
         env: Mapping[str, str] | None = None,
         parallelism: int = 16,
         pools: Mapping[str, int] | None = None,
+        retry_delay: timedelta | None = None,
         timeout: float = 180,
     ) -> Iterator[Deployment]:
-        """Create the metadata database and home, migrate, start the three components, wait for the DAG."""
+        """Create the metadata database and home, migrate, start the three components, wait for the DAG.
+
+        ``retry_delay`` replaces every task's retry delay (a cluster policy in this home only), so a
+        test sees a retry without waiting the DAG's minutes.
+        """
         home = Path(tempfile.mkdtemp(prefix="cd2-deployment-"))
+        if retry_delay is not None:
+            _write_retry_delay_policy(home, retry_delay)
         database = "airflow_" + secrets.token_hex(4)
         metadata_url = server.create_database(database).replace("postgresql://", "postgresql+psycopg2://", 1)
         port = free_loopback_port()
@@ -114,8 +124,11 @@ class Deployment:
             "AIRFLOW__API__PORT": str(port),
             "AIRFLOW__API__BASE_URL": api_url,
             "AIRFLOW__API__WORKERS": "1",
-            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
+            # 64 bytes at least: PyJWT warns on a shorter HMAC key for SHA512.
+            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(64),
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
+            # The LocalExecutor's log server (task logs while a task runs): 8793 may be another deployment's.
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_loopback_port()),
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
             # Only triggered runs: a schedule would add a run of its own when the DAG is unpaused.
             "AIRFLOW__CD2__SCHEDULE": "",
@@ -314,11 +327,18 @@ class Deployment:
                     ti.get("rendered_map_index"),
                     ti["state"],
                     ti["try_number"],
+                    ti.get("start_date"),
+                    ti.get("end_date"),
                 )
                 for ti in page["task_instances"]
             ]
             if not page["task_instances"] or len(found) >= page["total_entries"]:
                 return sorted(found, key=lambda ti: (ti.task_id, ti.map_index))
+
+    def tries(self, run_id: str, task_id: str, map_index: int = -1, dag_id: str = DAG_ID) -> list[dict]:
+        """One task instance's try history (earlier tries and the current one), as the UI lists it."""
+        path = f"dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/{map_index}/tries"
+        return self.api("GET", path)["task_instances"]
 
     def clear(
         self,
@@ -348,6 +368,15 @@ class Deployment:
         self, run_id: str, task_id: str, try_number: int, map_index: int = -1, dag_id: str = DAG_ID
     ) -> str:
         """The text of one try's task log, as the UI shows it."""
+        return "\n".join(
+            record.get("event", "")
+            for record in self.task_log_records(run_id, task_id, try_number, map_index, dag_id)
+        )
+
+    def task_log_records(
+        self, run_id: str, task_id: str, try_number: int, map_index: int = -1, dag_id: str = DAG_ID
+    ) -> list[dict]:
+        """One try's task log as its records (``event``, ``level``, ``logger``, ``timestamp``...)."""
         answer = self.api(
             "GET",
             f"dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/{try_number}",
@@ -355,8 +384,8 @@ class Deployment:
         )
         content = answer.get("content", [])
         if isinstance(content, str):
-            return content
-        return "\n".join(item.get("event", "") if isinstance(item, dict) else str(item) for item in content)
+            return [{"event": line} for line in content.splitlines()]
+        return [item if isinstance(item, dict) else {"event": str(item)} for item in content]
 
     # -- measuring ----------------------------------------------------------------------------------
 
@@ -421,6 +450,17 @@ def _headers(message: Any) -> dict[str, str]:
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args: Any, **kwargs: Any) -> None:
         return None
+
+
+def _write_retry_delay_policy(home: Path, retry_delay: timedelta) -> None:
+    """An ``airflow_local_settings`` (``$AIRFLOW_HOME/config`` is on Airflow's path) whose task policy
+    sets every task's ``retry_delay``: the dag-processor applies it when it parses the DAG."""
+    (home / "config").mkdir()
+    (home / "config" / "airflow_local_settings.py").write_text(
+        "from datetime import timedelta\n\n\n"
+        "def task_policy(task):\n"
+        f"    task.retry_delay = timedelta(seconds={retry_delay.total_seconds()!r})\n"
+    )
 
 
 def _signal_group(process: subprocess.Popen, sig: int) -> None:

@@ -10,7 +10,6 @@ import time
 from local_dap.airflow_home import dap_connection, postgres_connection
 from local_dap.deployment import Deployment
 from local_dap.paths import REPO_ROOT
-from local_dap.processes import free_loopback_port
 
 TABLES = ["canvas.accounts", "canvas.users"]
 CONSUMER = "users_report"
@@ -69,11 +68,7 @@ def test_a_consumer_of_one_table_runs_only_when_that_table_changed(
         "aws_default": {"conn_type": "aws"},
     }
     config = {"include": TABLES, "freshness_hours": 24 * 365 * 10}
-    # A port of its own for the scheduler's log server: the default 8793 may be another deployment's.
-    env = {
-        "AIRFLOW__CORE__DAGS_FOLDER": str(tmp_path),
-        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_loopback_port()),
-    }
+    env = {"AIRFLOW__CORE__DAGS_FOLDER": str(tmp_path)}
     with Deployment.start(postgres_server, connections=connections, config=config, env=env) as airflow:
         airflow.wait_for_dag(CONSUMER)
         airflow.unpause(CONSUMER)

@@ -25,8 +25,9 @@ from cd2.contract import (
 from cd2.hooks.dap import DapHook, DapPermanentError, DapTransientError
 from cd2.summary import first_line
 
-# Names a mapped instance in the UI. Airflow renders it right after the task's templates, before
-# execute(), and again at the end, so a running or retried instance is named too.
+# Names a mapped instance in the UI. Airflow renders it in the task, right after the task's templates
+# (before execute()) and again at the end, so an instance is named from its start; before that, and
+# between tries, Airflow 3.3.1 shows the map index (docs/design.md).
 MAP_INDEX_TEMPLATE = "{{ task.table_label }}"
 
 
