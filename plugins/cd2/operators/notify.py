@@ -13,6 +13,9 @@ from cd2.config import ConfigError, Freshness, parse_config, parse_flag_param
 from cd2.contract import TableResult
 from cd2.summary import Notification, compose, summarize_table
 
+# Task instance states whose table task pushed its record (upstream_failed, removed: it never ran).
+RECORDED_STATES = frozenset({"success", "failed", "skipped"})
+
 
 class NotifyRunOperator(BaseOperator):
     """Publish the run's summary to ``sns_topic_arn`` from ``cd2_config`` (or log it when there is none).
@@ -85,8 +88,18 @@ class NotifyRunOperator(BaseOperator):
             problem = f"task {self.list_task_id} produced no table list (see its log)"
         tables = tables or []
         indexes = list(range(len(tables)))
+        states = ti.get_task_states(
+            dag_id=self.dag_id, task_ids=self.table_task_ids, run_ids=[context["run_id"]]
+        )
+        states = states.get(context["run_id"], {})
         per_task = [
-            ti.xcom_pull(task_ids=task_id, map_indexes=indexes) if indexes else []
+            [
+                # Only the instances that ran have a record: pulling the others logs "XCom not found".
+                ti.xcom_pull(task_ids=task_id, map_indexes=index)
+                if states.get(f"{task_id}_{index}") in RECORDED_STATES
+                else None
+                for index in indexes
+            ]
             for task_id in self.table_task_ids
         ]
         summaries = [
