@@ -10,6 +10,17 @@ from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 
 from cd2.assets import TABLES_ALIAS
 from cd2.contract import DEFAULT_LOCK_WAIT_SECONDS, DEFAULT_MAX_ACTIVE_TABLES, Outcome
+from cd2.dag_names import (
+    CONFIG_VARIABLE,
+    DAG_ID,
+    INIT_TASK,
+    INIT_TASK_ID,
+    LIST_TASK_ID,
+    NOTIFY_TASK_ID,
+    SYNC_TASK,
+    SYNC_TASK_ID,
+    TABLE_GROUP_ID,
+)
 from cd2.operators.list_tables import ListTablesOperator
 from cd2.operators.notify import NotifyRunOperator
 from cd2.operators.replicate import MAP_INDEX_TEMPLATE, InitTableOperator, SyncTableOperator
@@ -17,7 +28,7 @@ from cd2.operators.replicate import MAP_INDEX_TEMPLATE, InitTableOperator, SyncT
 # DAP refreshes its data every 4 hours; MWAA sets [cd2] schedule from its configuration options
 # (empty: triggered runs only).
 SCHEDULE = conf.get("cd2", "schedule", fallback="0 */4 * * *") or None
-CONFIG = "{{ var.value.get('cd2_config', '') }}"
+CONFIG = "{{ var.value.get('" + CONFIG_VARIABLE + "', '') }}"
 # Table tasks at once per run (each of sync and init): Airflow's own cap, so a table waiting for its
 # turn is a scheduled task holding no worker slot, child or connection. A configuration option, read at
 # parse time without a database or secrets call (a Variable would be); the API's rate is the pacer's.
@@ -54,7 +65,7 @@ run fail when a table failed, after the notification went out.
 
 
 @dag(
-    dag_id="cd2_replica",
+    dag_id=DAG_ID,
     doc_md=DOC,
     schedule=SCHEDULE,
     start_date=datetime(2025, 1, 1, tzinfo=UTC),
@@ -78,12 +89,12 @@ run fail when a table failed, after the notification went out.
     },
 )
 def cd2_replica():
-    listed = ListTablesOperator(task_id="list_tables", config=CONFIG, tables="{{ params.tables }}")
+    listed = ListTablesOperator(task_id=LIST_TASK_ID, config=CONFIG, tables="{{ params.tables }}")
 
-    @task_group(group_id="table")
+    @task_group(group_id=TABLE_GROUP_ID)
     def replicate(label: str):
         sync = SyncTableOperator(
-            task_id="sync",
+            task_id=SYNC_TASK,
             table_label=label,
             config=CONFIG,
             force_reinit="{{ params.force_reinit }}",
@@ -95,7 +106,7 @@ def cd2_replica():
             outlets=[AssetAlias(TABLES_ALIAS)],
         )
         InitTableOperator(
-            task_id="init",
+            task_id=INIT_TASK,
             table_label=label,
             config=CONFIG,
             sync_result=sync.output,
@@ -109,10 +120,10 @@ def cd2_replica():
     tables = replicate.expand(label=listed.output)
 
     notify = NotifyRunOperator(
-        task_id="notify",
+        task_id=NOTIFY_TASK_ID,
         config=CONFIG,
-        list_task_id="list_tables",
-        table_task_ids=["table.sync", "table.init"],
+        list_task_id=LIST_TASK_ID,
+        table_task_ids=[SYNC_TASK_ID, INIT_TASK_ID],
         plan="{{ params.plan }}",
         trigger_rule="all_done",
         retries=1,
@@ -122,7 +133,7 @@ def cd2_replica():
     @task(trigger_rule="all_done", retries=0)
     def fail_if_any_table_failed(**context):
         """Watcher: notify succeeds whatever happened; after it, this fails the run if anything failed."""
-        facts = context["ti"].xcom_pull(task_ids="notify")
+        facts = context["ti"].xcom_pull(task_ids=NOTIFY_TASK_ID)
         if not facts:
             raise AirflowException("notify produced no summary (see its log)")
         if facts["problem"] or facts["counts"][Outcome.FAILED]:

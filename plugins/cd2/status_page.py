@@ -38,13 +38,10 @@ from sqlalchemy.orm import Session
 from cd2.config import ConfigError, Freshness, parse_config
 from cd2.connection_string import ssl_mode_from_extra
 from cd2.contract import ContractError, Outcome, TableRef, TableResult
+from cd2.dag_names import CONFIG_VARIABLE, DAG_ID, INIT_TASK_ID, SYNC_TASK_ID
 from cd2.hooks.dap import DapHook
-from cd2.summary import _duration, summarize_table
+from cd2.summary import format_duration, summarize_table
 
-DAG_ID = "cd2_replica"
-SYNC_TASK_ID = "table.sync"
-INIT_TASK_ID = "table.init"
-CONFIG_VARIABLE = "cd2_config"
 URL_PREFIX = "/cd2-status"
 # Runs looked back through for each table's last outcome (a table a run did not select keeps an older one).
 RECENT_RUNS = 50
@@ -352,7 +349,7 @@ def render_html(statuses: Sequence[TableStatus], *, now: datetime, problems: Ite
         "<th>Rows</th><th>Schema</th><th>Last outcome</th><th>Run</th><th>Error</th></tr></thead><tbody>"
     )
     for s in statuses:
-        lag = _duration(s.lag_seconds) if s.lag_seconds is not None else None
+        lag = format_duration(s.lag_seconds) if s.lag_seconds is not None else None
         rows = None if s.rows is None else f"{'~' if s.rows_estimated else ''}{s.rows:,}"
         run = "-"
         if s.ui_path and s.run_id:

@@ -162,7 +162,9 @@ def needs_you(
         elif lag is not None and lag > freshness.hours_for(s.table) * 3600:
             bound = freshness.hours_for(s.table)
             items.append(
-                NeedsYou(s.table, f"stale: data {_duration(lag)} old, bound {bound:g}h", STALE_ACTION, lag)
+                NeedsYou(
+                    s.table, f"stale: data {format_duration(lag)} old, bound {bound:g}h", STALE_ACTION, lag
+                )
             )
         if s.views_needing_person:
             items.append(
@@ -188,7 +190,8 @@ def _rounded(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds, 1)
 
 
-def _duration(seconds: float | None) -> str:
+def format_duration(seconds: float | None) -> str:
+    """A lag as people read it: ``"-"``, ``"45s"``, ``"3m05s"``, ``"5h12m00s"``, ``"2d03h"``."""
     if seconds is None:
         return "-"
     minutes, secs = divmod(round(seconds), 60)
@@ -256,7 +259,9 @@ def compose(
         lines.append(f"Problem: {first_line(problem)}")
     elif not summaries:
         lines.append("No table matched the configuration and params: nothing to do.")
-    lines.append(f"Largest data lag: {_duration(max_lag)}" if max_lag is not None else "Largest data lag: -")
+    lines.append(
+        f"Largest data lag: {format_duration(max_lag)}" if max_lag is not None else "Largest data lag: -"
+    )
     warnings = sorted({s.warning for s in summaries if s.warning})
     lines += [f"Warning: {warning}" for warning in warnings]
     lines.append("")
@@ -267,7 +272,7 @@ def compose(
         rows = f", {s.rows} rows" if s.rows is not None else ""
         error = f": {s.error}" if s.error else ""
         error += f" ({s.note})" if s.note else ""
-        lines.append(f"{s.table}: {s.outcome} in {_duration(s.duration_seconds)}{rows}{error}")
+        lines.append(f"{s.table}: {s.outcome} in {format_duration(s.duration_seconds)}{rows}{error}")
     facts = {
         "dag_id": dag_id,
         "run_id": run_id,
@@ -297,5 +302,5 @@ def _plan_line(s: TableSummary, plan: TablePlan, now: datetime) -> str:
     api = "-" if plan.api_schema_version is None else f"v{plan.api_schema_version}"
     return (
         f"{s.table}: {PLAN_WORDS[plan.action]} ({plan.reason}); watermark {s.watermark or '-'}, "
-        f"lag {_duration(_lag_seconds(s.watermark, now))}, {rows} rows, schema {local} local / {api} API"
+        f"lag {format_duration(_lag_seconds(s.watermark, now))}, {rows} rows, schema {local} local / {api} API"
     )
