@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from local_dap.airflow_home import dap_connection, postgres_connection
 from local_dap.deployment import Deployment
 from local_dap.truth import replica_truth
@@ -18,7 +20,13 @@ def test_an_unknown_error_is_retried_once_not_every_time(postgres_server, databa
         "cd2_postgres": postgres_connection(database_url),
         "aws_default": {"conn_type": "aws"},
     }
-    with Deployment.start(postgres_server, connections=connections, config={"include": [TABLE]}) as airflow:
+    # the DAG's 2-minute retry delay shortened for this deployment only: the test is about how often
+    with Deployment.start(
+        postgres_server,
+        connections=connections,
+        config={"include": [TABLE]},
+        retry_delay=timedelta(seconds=1),
+    ) as airflow:
         airflow.unpause()
         run_id = airflow.trigger(conf={"tables": [TABLE]})
         assert airflow.wait_for_run(run_id, timeout=900) == "failed"
