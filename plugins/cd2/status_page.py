@@ -385,7 +385,8 @@ def create_app() -> FastAPI:
 
     @app.exception_handler(HTTPException)
     async def sign_in_first(request: Request, error: HTTPException):
-        """A signed-out browser asking for the page is sent to Airflow's login page, then back."""
+        """A signed-out browser asking for the page is sent to Airflow's login page (and back, where the
+        auth manager supports next: 3.3)."""
         if error.status_code == status.HTTP_401_UNAUTHORIZED and "/api/" not in request.url.path:
             return RedirectResponse(get_auth_manager().get_url_login(next_url=str(request.url)))
         return await http_exception_handler(request, error)
