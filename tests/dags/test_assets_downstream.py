@@ -10,6 +10,7 @@ import time
 from local_dap.airflow_home import dap_connection, postgres_connection
 from local_dap.deployment import Deployment
 from local_dap.paths import REPO_ROOT
+from tests.support.log_noise import server_noise
 
 TABLES = ["canvas.accounts", "canvas.users"]
 CONSUMER = "users_report"
@@ -96,7 +97,7 @@ def test_a_consumer_of_one_table_runs_only_when_that_table_changed(
             for text in texts
             for line in text.splitlines()
             if re.search(r"\b(ERROR|WARNING)\b|\[(error|warning) *\]|\"level\": \"(error|warning)\"", line)
-            and not any(noise in line for noise in NOISE)
+            and not any(noise in line for noise in NOISE + server_noise(postgres_server))
         ]
         assert not alarms, "\n".join(alarms[:20])
 

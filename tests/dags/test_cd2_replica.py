@@ -15,6 +15,7 @@ import pytest
 from local_dap.airflow_home import AirflowEnvironment, DagRunResult, dap_connection, postgres_connection
 from local_dap.truth import replica_truth
 from tests.local_dap.emulator.conftest import run_library
+from tests.support.log_noise import server_noise
 from tests.support.paths import DAP_PYTHON, REPO_ROOT
 
 TABLES = ["canvas.accounts", "canvas.users"]
@@ -209,7 +210,7 @@ def test_first_run_initializes_second_syncs_and_params_restrict_and_reinit(repli
         line
         for line in (second.output + replica.airflow.task_logs(second.run_id)).splitlines()
         if re.search(r"\b(ERROR|WARNING)\b|\[(error|warning) *\]", line)
-        and not any(noise in line for noise in AIRFLOW_NOISE)
+        and not any(noise in line for noise in AIRFLOW_NOISE + server_noise(replica.server))
     ]
     assert not false_alarms, "\n".join(false_alarms[:20])
     rows = {t["table"]: t["rows"] for t in note["facts"]["tables"]}

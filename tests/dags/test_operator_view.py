@@ -19,6 +19,7 @@ import pytest
 from local_dap.airflow_home import dap_connection, postgres_connection
 from local_dap.control import start_emulator
 from local_dap.deployment import COMPONENTS, Deployment, TaskInstance
+from tests.support.log_noise import server_noise
 
 TABLES = ["canvas.accounts", "canvas.courses", "canvas.users"]
 TABLE_TASKS = ("table.sync", "table.init")
@@ -180,17 +181,18 @@ def alarms(lines, ignore=()):
     return [line for line in lines if ALARM.search(line) and not any(noise in line for noise in ignore)]
 
 
-def test_a_healthy_run_logs_no_error_or_warning(airflow, healthy):
+def test_a_healthy_run_logs_no_error_or_warning(airflow, healthy, postgres_server):
     run_id, _, logs = healthy
+    noise = NOISE + server_noise(postgres_server)
     assert airflow.run_state(run_id) == "success"
     # The LocalExecutor's workers are the scheduler's subprocesses: their lines are in its log.
-    found = {component: alarms(text.splitlines(), NOISE) for component, text in logs.items()}
+    found = {component: alarms(text.splitlines(), noise) for component, text in logs.items()}
     for ti in airflow.task_instances(run_id):
         if ti.try_number:
             records = airflow.task_log_records(run_id, ti.task_id, ti.try_number, ti.map_index)
             # A record's own level, and a level word in its text (a relayed child line says its own).
             lines = [f"{str(r.get('level', '')).upper()}: {r.get('event', '')}" for r in records]
-            found[f"{ti.task_id} {ti.label}"] = alarms(lines, NOISE)
+            found[f"{ti.task_id} {ti.label}"] = alarms(lines, noise)
     assert not {where: lines for where, lines in found.items() if lines}
 
 
