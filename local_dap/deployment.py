@@ -454,10 +454,13 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
 def _write_retry_delay_policy(home: Path, retry_delay: timedelta) -> None:
     """An ``airflow_local_settings`` (``$AIRFLOW_HOME/config`` is on Airflow's path) whose task policy
-    sets every task's ``retry_delay``: the dag-processor applies it when it parses the DAG."""
+    sets every task's ``retry_delay``: the dag-processor applies it when it parses the DAG. It comes
+    before ``plugins/airflow_local_settings.py`` on the path and runs that file, as MWAA's does."""
     (home / "config").mkdir()
     (home / "config" / "airflow_local_settings.py").write_text(
-        "from datetime import timedelta\n\n\n"
+        "import runpy\n"
+        "from datetime import timedelta\n\n"
+        f"runpy.run_path({str(REPO_ROOT / 'plugins' / 'airflow_local_settings.py')!r})\n\n\n"
         "def task_policy(task):\n"
         f"    task.retry_delay = timedelta(seconds={retry_delay.total_seconds()!r})\n"
     )

@@ -23,11 +23,11 @@ from cd2.contract import (
     TableResult,
 )
 from cd2.hooks.dap import DapHook, DapPermanentError, DapTransientError
+from cd2.instance_names import keep_name_on_retry
 from cd2.summary import first_line
 
 # Names a mapped instance in the UI. Airflow renders it in the task, right after the task's templates
-# (before execute()) and again at the end, so an instance is named from its start; before that, and
-# between tries, Airflow 3.3.1 shows the map index (docs/design.md).
+# (before execute()) and again at the end; cd2.instance_names names it before it runs and between tries.
 MAP_INDEX_TEMPLATE = "{{ task.table_label }}"
 
 
@@ -61,6 +61,7 @@ class _TableOperator(BaseOperator):
         self.hook: DapHook | None = None
 
     def execute(self, context: Any) -> dict[str, Any]:
+        keep_name_on_retry()
         try:
             try:
                 ref = TableRef.parse(self.table_label)
