@@ -5,8 +5,9 @@
 
 The emulator serves the built-in tables plus generated CD2-shaped ones (a shared schema under names from
 ../shared/cd2/tables.txt), enforcing the published limits at ``--time-scale``. Prints, for the init
-pass and for a sync pass after an advance: wall, floor (jobs / create-job budget; the longest
-table task beside it), ratio, 429 responses sent (emulator request log), failed attempts, Airflow's CPU seconds per
+pass and for a sync pass after an advance: wall, floor (jobs / create-job budget, plus the longest
+table once it has its job), ratio (and the ratio to the budget alone, in whole windows), when the first and
+last jobs were created, 429 responses sent (emulator request log), failed attempts, Airflow's CPU seconds per
 task; then, after one more advance, the stock ``dap syncdb --table all`` wall on the same emulator and target. ``--foreign-consumer``: another
 consumer of the same credentials creates 2 jobs a minute (scaled) throughout; the floor is then
 recomputed for the budget left.
@@ -22,6 +23,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 from local_dap.airflow_home import dap_connection, postgres_connection
@@ -53,6 +55,7 @@ def run_pass(airflow: Deployment, emulator, name: str, window: float, budget: fl
     foreign_before = dict(FOREIGN)
     sampler = airflow.sample_cpu()
     started = time.monotonic()
+    triggered_at = time.time()
     run_id = airflow.trigger()
     state = airflow.wait_for_run(run_id, timeout=7200)
     wall = time.monotonic() - started
@@ -62,16 +65,22 @@ def run_pass(airflow: Deployment, emulator, name: str, window: float, budget: fl
     ours = [r for r in requests if r["endpoint"] == "data"]
     foreign = {key: FOREIGN[key] - foreign_before[key] for key in FOREIGN}
     jobs = sum(1 for r in ours if r["status"] < 400) - foreign["jobs"]
-    longest = 0.0
+    job_times = sorted(r["time"] - triggered_at for r in ours if r["status"] < 400)
+    # The longest table once it has its job: from its (last) successful create-job call to the end of
+    # the task that made it. Nothing can finish sooner after the budget's last token.
+    longest_after_job = 0.0
     for ti in tasks:
-        if ti.task_id.startswith("table.") and ti.state == "success":
-            detail = airflow.api(
-                "GET", f"dags/cd2_replica/dagRuns/{run_id}/taskInstances/{ti.task_id}/{ti.map_index}"
-            )
-            longest = max(longest, detail.get("duration") or 0.0)
-    # The time the budget needs to hand out this many jobs (90 tables, 5 a minute: 18 minutes); a task's
-    # duration includes its pacer waits, so the longest task is printed beside it, not added.
-    floor = math.ceil(jobs / budget) * window
+        if ti.task_id.startswith("table.") and ti.state == "success" and ti.end_date:
+            ended = datetime.fromisoformat(ti.end_date).timestamp()
+            created = [
+                r["time"] for r in ours if r["status"] < 400 and r["table"] == ti.label.split(".", 1)[1]
+                and r["time"] < ended
+            ]  # fmt: skip
+            if created:
+                longest_after_job = max(longest_after_job, ended - max(created))
+    # The floor: the time the budget needs to hand out this many jobs (90 tables, 5 a minute: 18
+    # minutes) plus the longest table. The budget alone, rounded up to whole windows, is printed beside it.
+    floor = jobs / budget * window + longest_after_job
     return {
         "pass": name,
         "state": state,
@@ -80,7 +89,11 @@ def run_pass(airflow: Deployment, emulator, name: str, window: float, budget: fl
         "wall_s": round(wall, 1),
         "floor_s": round(floor, 1),
         "ratio": round(wall / floor, 2) if floor else None,
-        "longest_task_s": round(longest, 1),
+        "budget_only_floor_s": math.ceil(jobs / budget) * window,
+        "ratio_to_budget_only": round(wall / (math.ceil(jobs / budget) * window), 2) if jobs else None,
+        "longest_table_after_job_s": round(longest_after_job, 1),
+        "first_job_after_trigger_s": round(job_times[0], 1) if job_times else None,
+        "last_job_after_trigger_s": round(job_times[-1], 1) if job_times else None,
         "429s": sum(1 for r in requests if r["status"] == 429) - foreign["429s"],
         "foreign_jobs": foreign["jobs"],
         "foreign_429s": foreign["429s"],
