@@ -3,23 +3,16 @@ table, not after one that did not; a healthy run's component and task logs hold 
 
 from __future__ import annotations
 
-import re
 import textwrap
 import time
 
 from local_dap.airflow_home import dap_connection, postgres_connection
 from local_dap.deployment import Deployment
 from local_dap.paths import REPO_ROOT
-from tests.support.log_noise import server_noise
+from tests.support.log_noise import alarms
 
 TABLES = ["canvas.accounts", "canvas.users"]
 CONSUMER = "users_report"
-# WARNING lines that are not the run's (see tests/dags/test_cd2_replica.py's AIRFLOW_NOISE).
-# Also Airflow's own: uvicorn's factory notice of the scheduler's log server, and the Task SDK client's
-# "Starting call to ... Client.request" when it retries a slow API server (this machine's 2 shared cores).
-NOISE = ("database collation", "[py.warnings]", "Could not import graphviz", "DeprecationWarning",
-         "cannot create asset event", "Emitting event for inactive AssetModel",
-         "ASGI app factory detected", "Starting call to 'airflow.sdk.api.client.Client.request'")  # fmt: skip
 
 
 def consumer_dag(uri: str) -> str:
@@ -92,14 +85,8 @@ def test_a_consumer_of_one_table_runs_only_when_that_table_changed(
             for ti in airflow.task_instances(second)
             if ti.try_number
         ]
-        alarms = [
-            line
-            for text in texts
-            for line in text.splitlines()
-            if re.search(r"\b(ERROR|WARNING)\b|\[(error|warning) *\]|\"level\": \"(error|warning)\"", line)
-            and not any(noise in line for noise in NOISE + server_noise(postgres_server))
-        ]
-        assert not alarms, "\n".join(alarms[:20])
+        found = alarms("\n".join(texts).splitlines(), postgres_server)
+        assert not found, "\n".join(found[:20])
 
         dap_emulator.advance(changes=10, tables=["canvas.users"])
         third = airflow.trigger()

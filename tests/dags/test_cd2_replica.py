@@ -15,21 +15,11 @@ import pytest
 from local_dap.airflow_home import AirflowEnvironment, DagRunResult, dap_connection, postgres_connection
 from local_dap.truth import replica_truth
 from tests.local_dap.emulator.conftest import run_library
-from tests.support.log_noise import server_noise
+from tests.support.log_noise import alarms
 from tests.support.paths import DAP_PYTHON, REPO_ROOT
 
 TABLES = ["canvas.accounts", "canvas.users"]
 FRESH_ENOUGH = 24 * 365 * 10
-# WARNING lines that are not the run's: the client's about this throwaway server's 'C' collation,
-# Airflow's own deprecations and missing graphviz, and Airflow's assets manager about a table asset no
-# DAG schedules on yet (logged on every event through an alias until a consumer DAG references it).
-AIRFLOW_NOISE = (
-    "database collation",
-    "[py.warnings]",
-    "Could not import graphviz",
-    "cannot create asset event",
-    "Emitting event for inactive AssetModel",
-)
 # Takes a table's lock with the child's own code (cd2.dap_child.locks) and holds it until stdin closes.
 HOLD_TABLE = """
 import asyncio, os, sys
@@ -204,14 +194,10 @@ def test_first_run_initializes_second_syncs_and_params_restrict_and_reinit(repli
     busy = r"busy: worked on by cd2_replica manual__long_init since \d{4}-\d\d-\d\dT[\d:.]+\+00:00"
     assert users["outcome"] == "busy" and users["error"] is None and re.fullmatch(busy, users["note"])
     assert re.search(rf"canvas\.users: busy in \S+ \({busy}\)", second.output)  # the notification's text
-    # A healthy run logs no ERROR or WARNING (the test database's 'C' collation warning of the client
-    # is about this throwaway server, not the run).
-    false_alarms = [
-        line
-        for line in (second.output + replica.airflow.task_logs(second.run_id)).splitlines()
-        if re.search(r"\b(ERROR|WARNING)\b|\[(error|warning) *\]", line)
-        and not any(noise in line for noise in AIRFLOW_NOISE + server_noise(replica.server))
-    ]
+    # A healthy run logs no ERROR or WARNING.
+    false_alarms = alarms(
+        (second.output + replica.airflow.task_logs(second.run_id)).splitlines(), replica.server
+    )
     assert not false_alarms, "\n".join(false_alarms[:20])
     rows = {t["table"]: t["rows"] for t in note["facts"]["tables"]}
     assert rows["canvas.accounts"] and not rows["canvas.users"]

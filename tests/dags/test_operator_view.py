@@ -10,7 +10,6 @@ upstream_failed) and one is rate-limited once (a child WARNING).
 from __future__ import annotations
 
 import json
-import re
 import time
 from datetime import datetime, timedelta
 
@@ -19,31 +18,10 @@ import pytest
 from local_dap.airflow_home import dap_connection, postgres_connection
 from local_dap.control import start_emulator
 from local_dap.deployment import COMPONENTS, Deployment, TaskInstance
-from tests.support.log_noise import server_noise
+from tests.support.log_noise import alarms
 
 TABLES = ["canvas.accounts", "canvas.courses", "canvas.users"]
 TABLE_TASKS = ("table.sync", "table.init")
-# Airflow's own warnings, which no setting of ours changes:
-NOISE = (
-    # Airflow 3.3.1 reads .airflowignore (ours keeps the plugin loader out of cd2/) with pathspec's
-    # deprecated GitWildMatchPattern.
-    "GitWildMatchPattern ('gitwildmatch') is deprecated",
-    # The task supervisor forks task processes from a threaded process (Python 3.12's DeprecationWarning).
-    "use of fork() may lead to deadlocks",
-    # The Task SDK client retrying a busy API server (this machine's 2 shared cores), logged as a warning.
-    "Starting call to 'airflow.sdk.api.client.Client.request'",
-    # The scheduler's log server (uvicorn) starting: Airflow's own call of uvicorn.
-    "ASGI app factory detected",
-    # The harness's auth manager (MWAA has its own), on a PostgreSQL metadata database.
-    "SimpleAuthManager is active but the deployment shape looks like production",
-    # The first event for an asset the asset alias introduces: Airflow registers it from that event.
-    "cannot create asset event",
-    "Emitting event for inactive AssetModel",
-)
-# A log line's level, in each format the deployment writes: structlog's console renderer
-# ("[warning  ]") in the components' logs, uvicorn's or Python's "WARNING:" / a line starting "ERROR",
-# and the task logs' records ({"level": "warning"}, written here as "WARNING: event").
-ALARM = re.compile(r"\[(error|warning|critical) *\]|^(ERROR|WARNING|CRITICAL)\b|\b(ERROR|WARNING|CRITICAL):")
 
 
 @pytest.fixture(scope="module")
@@ -180,22 +158,17 @@ def test_an_instance_that_has_not_run_is_named(airflow, healthy, troubled):
     assert not unnamed(airflow, (healthy, troubled), {None, "scheduled", "queued", "upstream_failed"})
 
 
-def alarms(lines, ignore=()):
-    return [line for line in lines if ALARM.search(line) and not any(noise in line for noise in ignore)]
-
-
 def test_a_healthy_run_logs_no_error_or_warning(airflow, healthy, postgres_server):
     run_id, _, logs = healthy
-    noise = NOISE + server_noise(postgres_server)
     assert airflow.run_state(run_id) == "success"
     # The LocalExecutor's workers are the scheduler's subprocesses: their lines are in its log.
-    found = {component: alarms(text.splitlines(), noise) for component, text in logs.items()}
+    found = {component: alarms(text.splitlines(), postgres_server) for component, text in logs.items()}
     for ti in airflow.task_instances(run_id):
         if ti.try_number:
             records = airflow.task_log_records(run_id, ti.task_id, ti.try_number, ti.map_index)
             # A record's own level, and a level word in its text (a relayed child line says its own).
             lines = [f"{str(r.get('level', '')).upper()}: {r.get('event', '')}" for r in records]
-            found[f"{ti.task_id} {ti.label}"] = alarms(lines, noise)
+            found[f"{ti.task_id} {ti.label}"] = alarms(lines, postgres_server)
     assert not {where: lines for where, lines in found.items() if lines}
 
 
