@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import functools
 import ipaddress
 import json
 import re
 import uuid
 
 UTC = dt.UTC
+_EPOCH = dt.datetime(1970, 1, 1)
 
 
 def format_timestamp(value: dt.datetime) -> str:
@@ -17,6 +19,20 @@ def format_timestamp(value: dt.datetime) -> str:
     v = value.astimezone(UTC) if value.tzinfo else value
     text = f"{v.year:04d}-{v.month:02d}-{v.day:02d}T{v.hour:02d}:{v.minute:02d}:{v.second:02d}"
     return text + (f".{v.microsecond:06d}Z" if v.microsecond else "Z")
+
+
+@functools.cache
+def _minute_text(minutes: int) -> str:
+    return (_EPOCH + dt.timedelta(minutes=minutes)).isoformat()[:16]
+
+
+def format_micros(micros: int) -> str:
+    """:func:`format_timestamp` of a time in microseconds since the epoch, without making a datetime."""
+    seconds, fraction = divmod(micros, 1_000_000)
+    minutes, second = divmod(seconds, 60)
+    if fraction:
+        return f"{_minute_text(minutes)}:{second:02d}.{fraction:06d}Z"
+    return f"{_minute_text(minutes)}:{second:02d}Z"
 
 
 def parse_timestamp(text: str) -> dt.datetime:

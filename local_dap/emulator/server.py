@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import hmac
+import itertools
 import json
 import secrets
 import time
@@ -322,7 +323,7 @@ class Emulator:
             hashlib.sha256(repr(job.parts[part]).encode()).hexdigest(),
         )
 
-    def part_chunks(self, job: Job, part: int, batch: int = 2000, flush: bool = False):
+    def part_chunks(self, job: Job, part: int, batch: int = 500, flush: bool = False):
         source = self.source.table(job.namespace, job.table.name)
         encoder = Encoder(job.table, job.format, job.mode, job.incremental)
         if job.incremental:
@@ -330,15 +331,9 @@ class Emulator:
         else:
             first, last = job.parts[part]
             records = source.snapshot(job.at, job.table, first, last)
-
-        def lines():
-            header = encoder.header()
-            if header:
-                yield header
-            for record in records:
-                yield encoder.line(record)
-
-        return gzip_chunks(lines(), batch=batch, flush=flush)
+        header = encoder.header()
+        lines = itertools.chain([header] if header else [], map(encoder.line, records))
+        return gzip_chunks(lines, batch=batch, flush=flush)
 
 
 class MalformedJson(Exception):

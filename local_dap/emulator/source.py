@@ -1,6 +1,6 @@
 """The changing data source: a logical clock, a change log per table, and rows generated on demand.
 
-Rows are never stored. A row is ``(index, version)``; its values come from hashes (see ``values``).
+Rows are never stored. A row is ``(index, version)``; its values come from hashes and pools (see ``values``).
 Only the change log is kept: for every row touched since the start, the list of its changes. A table of
 a million base rows with a few thousand changes costs a few thousand entries.
 
@@ -18,9 +18,10 @@ import random
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .schema import TableDef
-from .values import compile_node, datetime_to_micros, micros_to_datetime, mix, name_hash
+from .values import Pool, compile_node, datetime_to_micros, micros_to_datetime, mix, name_hash, slots
 
 START = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 HOUR = 3_600_000_000
@@ -36,13 +37,37 @@ class Change:
     kind: str
 
 
-@dataclass(frozen=True)
-class Record:
-    """One row as served: ``values`` is None for a hard delete (``D``)."""
+class Plan(NamedTuple):
+    """How rows written under one schema version fill the columns of another: a pool per column."""
+
+    names: list[str]
+    pools: list[Pool]
+    hashes: list[int]
+
+
+class Record(NamedTuple):
+    """One row as served: value column ``i`` holds ``plan.pools[i].value(slots[i])`` unless ``touched`` sets it.
+
+    ``slots`` is None for a hard delete (``D``)."""
 
     ts: int
     key: object
-    values: dict[str, object] | None
+    slots: list[int] | None
+    plan: Plan | None = None
+    touched: dict[str, object] | None = None
+
+    @property
+    def values(self) -> dict[str, object] | None:
+        if self.slots is None:
+            return None
+        plan = self.plan
+        values = {
+            name: pool.value(slot)
+            for name, pool, slot in zip(plan.names, plan.pools, self.slots, strict=True)
+        }
+        if self.touched:
+            values.update(self.touched)
+        return values
 
 
 @dataclass
@@ -51,7 +76,7 @@ class SchemaEpoch:
 
     since: int
     table: TableDef
-    generators: dict[str, object] = field(default_factory=dict)
+    pools: dict[str, Pool] = field(default_factory=dict)
 
 
 class TableSource:
@@ -68,6 +93,7 @@ class TableSource:
         self.start = start
         self.retention: int | None = 30 * DAY if table.append_only else None
         self._plans: dict[tuple[int, int], tuple] = {}
+        self._absent = Pool(None, 0, True)
         self._compile(self.epochs[0])
 
     # -- schema -----------------------------------------------------------------------------------
@@ -76,8 +102,15 @@ class TableSource:
         return self.epochs[-1].table
 
     def _compile(self, epoch: SchemaEpoch) -> None:
-        epoch.generators = {
-            c.name: (compile_node(c.node, c.name), c, name_hash(c.name)) for c in epoch.table.columns
+        added = epoch.table.extra.get("added_enum", {})
+        epoch.pools = {
+            c.name: Pool(
+                compile_node(c.node, c.name),
+                mix(self.seed_hash ^ name_hash(c.name)),
+                nullable=not c.required,
+                member=added.get(c.name),  # half the rows written after an enum gained a member use it
+            )
+            for c in epoch.table.columns
         }
 
     def set_schema(self, table: TableDef, now: int) -> None:
@@ -102,62 +135,59 @@ class TableSource:
             return uuid.UUID(int=(mix(self.seed_hash ^ index) << 64) | mix(index), version=4)
         return f"{self.table.name}-{index + 1}"
 
+    def _row_hash(self, index: int, version: int) -> int:
+        return mix(self.seed_hash ^ (index * 0x10001 + version))
+
     def base_ts(self, index: int) -> int:
         """Base rows were written during the day before the clock starts."""
-        return self.start - DAY + mix(self.seed_hash + index) % DAY
+        return self._base_ts(self._row_hash(index, 0))
 
-    def values(self, index: int, version: int, ts: int, kind: str, table: TableDef) -> dict[str, object]:
-        """The value columns of row ``index`` at ``version``, written at ``ts``, in ``table``'s columns."""
+    def _base_ts(self, row_hash: int) -> int:
+        return self.start - DAY + row_hash % DAY
+
+    def record(self, index: int, version: int, ts: int, kind: str, table: TableDef) -> Record:
+        """Row ``index`` at ``version``, written at ``ts``, in ``table``'s columns."""
         epoch = self.epochs[0] if len(self.epochs) == 1 else self._epoch_at(ts)
-        row_hash = mix(self.seed_hash ^ mix(index * 0x10001 + version))
-        result: dict[str, object] = {}
-        for name, generate, nullable, column_hash, new_member in self._plan(epoch, table):
-            if generate is None:  # the column did not exist when this version was written
-                result[name] = None
-                continue
-            cell = mix(row_hash ^ column_hash)
-            if nullable and cell % 5 == 0:
-                result[name] = None
-            elif new_member is not None and cell & 2:
-                result[name] = new_member  # half the rows written after an enum gained a member use it
-            else:
-                result[name] = generate(cell)
-        if version:
-            self._touch(result, table, ts, kind)
-        return result
+        plan = self._plan(epoch, table)
+        row_slots = slots(self._row_hash(index, version), plan.hashes)
+        return Record(
+            ts, self.key_of(index), row_slots, plan, self._touched(table, ts, kind) if version else None
+        )
 
-    def _plan(self, epoch: SchemaEpoch, table: TableDef) -> list[tuple]:
-        """Per column of ``table``: how rows written under ``epoch`` generate it (cached)."""
+    def _base_records(self, table: TableDef, first: int, last: int) -> Iterator[Record]:
+        """:meth:`record` of unchanged base rows ``[first, last)``, which predate every schema change."""
+        plan = self._plan(self.epochs[0], table)
+        hashes = plan.hashes
+        for index in range(first, last):
+            row_hash = self._row_hash(index, 0)
+            yield Record(self._base_ts(row_hash), self.key_of(index), slots(row_hash, hashes), plan)
+
+    def _plan(self, epoch: SchemaEpoch, table: TableDef) -> Plan:
+        """The pools rows written under ``epoch`` take ``table``'s columns from (cached)."""
         key = (id(epoch), id(table))
         cached = self._plans.get(key)
         if cached is not None and cached[0] is epoch and cached[1] is table:
             return cached[2]
-        added = epoch.table.extra.get("added_enum", {})
-        plan = []
-        for column in table.columns:
-            entry = epoch.generators.get(column.name)
-            if entry is None:
-                plan.append((column.name, None, True, 0, None))
-            else:
-                generate, written_as, column_hash = entry
-                plan.append(
-                    (column.name, generate, not written_as.required, column_hash, added.get(column.name))
-                )
+        names = [column.name for column in table.columns]
+        # a column the row was written without is NULL
+        plan = Plan(names, [epoch.pools.get(n, self._absent) for n in names], [name_hash(n) for n in names])
         self._plans[key] = (epoch, table, plan)
         return plan
 
-    def _touch(self, result: dict, table: TableDef, ts: int, kind: str) -> None:
+    def _touched(self, table: TableDef, ts: int, kind: str) -> dict[str, object]:
+        """What a change sets besides its generated values: ``updated_at``, and a soft delete's state."""
         stamp = micros_to_datetime(ts)
-        for name in ("updated_at",):
-            column = table.column(name)
-            if column is not None and column.node.get("format") == "date-time":
-                result[name] = stamp
+        result: dict[str, object] = {}
+        column = table.column("updated_at")
+        if column is not None and column.node.get("format") == "date-time":
+            result["updated_at"] = stamp
         if kind == SOFT_DELETE:
             state = soft_delete_column(table)
             if state is not None:
                 result[state] = "deleted"
                 if table.column("deleted_at") is not None:
                     result["deleted_at"] = stamp
+        return result
 
     def state_at(self, index: int, at: int) -> tuple[int, int, str] | None:
         """``(ts, version, kind)`` of the row's latest change before ``at``, or None if absent then."""
@@ -177,17 +207,15 @@ class TableSource:
     def snapshot(self, at: int, table: TableDef, first: int = 0, last: int | None = None) -> Iterator[Record]:
         """The rows alive at ``at`` with index in ``[first, last)``, in index order."""
         last = self.next_index if last is None else min(last, self.next_index)
-        changes = self.changes
-        for index in range(first, last):
-            if index not in changes:
-                if index < self.base_rows:
-                    ts = self.base_ts(index)
-                    yield Record(ts, self.key_of(index), self.values(index, 0, ts, INSERT, table))
-                continue
+        unchanged_from = first
+        for index in sorted(i for i in self.changes if first <= i < last):
+            yield from self._base_records(table, unchanged_from, min(index, self.base_rows))
+            unchanged_from = index + 1
             state = self.state_at(index, at)
             if state is not None:
                 ts, version, kind = state
-                yield Record(ts, self.key_of(index), self.values(index, version, ts, kind, table))
+                yield self.record(index, version, ts, kind, table)
+        yield from self._base_records(table, unchanged_from, min(last, self.base_rows))
 
     def changed_indexes(self, since: int, until: int) -> list[int]:
         """Indexes of rows with a change in ``[since, until)``, ordered by their latest such change."""
@@ -206,8 +234,7 @@ class TableSource:
             if change.kind == DELETE:
                 yield Record(change.ts, self.key_of(index), None)
             else:
-                values = self.values(index, change.version, change.ts, change.kind, table)
-                yield Record(change.ts, self.key_of(index), values)
+                yield self.record(index, change.version, change.ts, change.kind, table)
 
     def row_count(self) -> int:
         return self.next_index

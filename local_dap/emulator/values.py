@@ -1,7 +1,9 @@
 """Deterministic value generation for any column type the client accepts.
 
-Every cell is derived from a 64-bit hash of (seed, table, row, version, column), so a row's value for a
-column never depends on which other columns exist: adding or dropping a column leaves the others intact.
+Each column has a :class:`Pool` of values generated from hashes of (seed, table, column); a row picks one
+slot per column from a hash of (seed, table, row, version) and the column's name alone, so a row's value
+for a column never depends on which other columns exist: adding or dropping a column leaves the others
+intact. Values (and their encoded text, see ``formats``) are made once per slot, not once per cell.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ _WORDS = (
     'quote"d', "back\\slash", "comma,", "NULL", "🙂", "O'Brien", "",
 )  # fmt: skip
 Generator = Callable[[int], object]
+POOL_SIZE = 4093  # slots per column; a prime, so a hash modulo it spreads evenly
 
 
 def mix(x: int) -> int:
@@ -41,6 +44,39 @@ def name_hash(*parts: object) -> int:
     """A stable 64-bit hash of names (not Python's salted ``hash``)."""
     data = "\x1f".join(str(p) for p in parts).encode()
     return mix(zlib.crc32(data) | (zlib.adler32(data) << 32))
+
+
+def slots(row_hash: int, column_hashes: list[int]) -> list[int]:
+    """A row's slot in each column's pool, from the row's hash and the column's."""
+    return [(row_hash ^ h) % POOL_SIZE for h in column_hashes]
+
+
+class Pool:
+    """A column's values by slot, each generated on first use.
+
+    A fifth of a nullable column's slots are NULL; half the slots of a column whose enum gained ``member``
+    hold it; with no ``generate`` (a column the row was written without) every slot is NULL. ``texts``
+    keeps the slots' encoded forms (None until made), per encoding."""
+
+    def __init__(self, generate: Generator | None, seed: int, nullable: bool, member: object = None) -> None:
+        self.generate = generate
+        self.seed = seed
+        self.nullable = nullable
+        self.member = member
+        self.values: dict[int, object] = {}
+        self.texts: dict[tuple, list[str | None]] = {}
+
+    def value(self, slot: int) -> object:
+        if slot not in self.values:
+            self.values[slot] = self._generate(slot)
+        return self.values[slot]
+
+    def _generate(self, slot: int) -> object:
+        if self.generate is None or (self.nullable and slot % 5 == 0):
+            return None
+        if self.member is not None and slot & 1:
+            return self.member
+        return self.generate(mix(self.seed + slot))
 
 
 def micros_to_datetime(micros: int) -> dt.datetime:
