@@ -1,6 +1,7 @@
 import os
 import shutil
 import threading
+import time
 from urllib.parse import urlsplit
 
 import psycopg2
@@ -81,11 +82,14 @@ def _sleep_in_background(server, errors: list) -> threading.Thread:
 
     thread = threading.Thread(target=sleep)
     thread.start()
+    deadline = time.monotonic() + 60
     with server.connect() as conn, conn.cursor() as cur:
-        while True:
+        while thread.is_alive() and time.monotonic() < deadline:
             cur.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'")
             if cur.fetchone()[0]:
                 return thread
+            time.sleep(0.05)
+    raise AssertionError(f"the background session never slept: {errors}")
 
 
 def test_restart_ends_every_session_and_starts_on_the_same_port_and_data():
@@ -97,7 +101,8 @@ def test_restart_ends_every_session_and_starts_on_the_same_port_and_data():
         log = server.data_dir.parent / "log"
         busy = _sleep_in_background(server, errors)
         server.restart()  # fast: what a failover looks like to clients
-        busy.join()
+        busy.join(timeout=90)
+        assert not busy.is_alive(), "the restart left the sleeping session running"
         assert "received fast shutdown request" in log.read_text()
         assert "FATAL:  terminating connection due to administrator command" in log.read_text()
         with pytest.raises(psycopg2.OperationalError):
@@ -105,7 +110,8 @@ def test_restart_ends_every_session_and_starts_on_the_same_port_and_data():
                 cur.execute("SELECT 1")
         busy = _sleep_in_background(server, errors)
         server.restart(mode="immediate")  # a crash: no shutdown checkpoint
-        busy.join()
+        busy.join(timeout=90)
+        assert not busy.is_alive(), "the restart left the sleeping session running"
         assert "received immediate shutdown request" in log.read_text()
         assert len(errors) == 2 and all(isinstance(e, psycopg2.OperationalError) for e in errors)
         with server.connect() as again, again.cursor() as cur:
