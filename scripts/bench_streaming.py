@@ -92,11 +92,11 @@ class PhaseLog:
             def __getattr__(self, name):
                 return getattr(log, name)
 
-            def info(self, message, *args, **kwargs):
+            def log(self, level, message, *args, **kwargs):
                 match = PHASES.search(message % args if args else message)
                 if match:
                     watcher.found = (int(match.group(1)), float(match.group(2)), float(match.group(3)))
-                return log.info(message, *args, **kwargs)
+                return log.log(level, message, *args, **kwargs)
 
         return Tee()
 
