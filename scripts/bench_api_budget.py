@@ -10,7 +10,7 @@ table once it has its job), ratio (and the ratio to the budget alone, in whole w
 last jobs were created, 429 responses sent (emulator request log), failed attempts, Airflow's CPU seconds per
 task; then, after one more advance, the stock ``dap syncdb --table all`` wall on the same emulator and target. ``--foreign-consumer``: another
 consumer of the same credentials creates 2 jobs a minute (scaled) throughout; the floor is then
-recomputed for the budget left.
+recomputed for the budget left. ``--skip-stock`` leaves out the stock CLI's run.
 """
 
 from __future__ import annotations
@@ -105,6 +105,23 @@ def run_pass(airflow: Deployment, emulator, name: str, window: float, budget: fl
     }
 
 
+def stock_syncdb_all(emulator, target: str) -> dict:
+    """The stock CLI on the same emulator and target: one more advance, then `dap syncdb --table all`."""
+    emulator.advance(changes=20)
+    emulator.clear_requests()
+    started = time.monotonic()
+    stock_run = subprocess.run(
+        [str(DAP_BIN / "dap"), "--non-interactive", "syncdb", "--namespace", "canvas", "--table", "all",
+         "--connection-string", target],
+        env=emulator.client_env(), check=False, capture_output=True,
+    )  # fmt: skip
+    return {
+        "stock_syncdb_all_wall_s": round(time.monotonic() - started, 1),
+        "stock_syncdb_exit_code": stock_run.returncode,
+        "stock_429s": sum(1 for r in emulator.requests() if r["status"] == 429),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tables", type=int, default=90)
@@ -113,6 +130,7 @@ def main() -> None:
     parser.add_argument("--max-active-tables", type=int, default=8)
     parser.add_argument("--parallelism", type=int, default=16)
     parser.add_argument("--foreign-consumer", action="store_true")
+    parser.add_argument("--skip-stock", action="store_true", help="no stock `dap syncdb --table all` run")
     args = parser.parse_args()
     window = 60 / args.time_scale
     budget = CREATE_JOB_LIMIT - (2 if args.foreign_consumer else 0)
@@ -152,20 +170,7 @@ def main() -> None:
                 t for t in tables if emulator.truth(*t.split(".")) != replica_truth(target, *t.split("."))
             ]
             stop.set()
-            # the stock CLI on the same emulator and target: one more advance, then `dap syncdb --table all`
-            emulator.advance(changes=20)
-            emulator.clear_requests()
-            started = time.monotonic()
-            stock_run = subprocess.run(
-                [str(DAP_BIN / "dap"), "--non-interactive", "syncdb", "--namespace", "canvas", "--table", "all",
-                 "--connection-string", target],
-                env=emulator.client_env(), check=False, capture_output=True,
-            )  # fmt: skip
-            stock = {
-                "stock_syncdb_all_wall_s": round(time.monotonic() - started, 1),
-                "stock_syncdb_exit_code": stock_run.returncode,
-                "stock_429s": sum(1 for r in emulator.requests() if r["status"] == 429),
-            }
+            stock = {} if args.skip_stock else stock_syncdb_all(emulator, target)
     finally:
         stop.set()
         shutil.rmtree(schemas, ignore_errors=True)
