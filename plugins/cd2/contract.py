@@ -24,6 +24,8 @@ ENV_CLIENT_SECRET = "DAP_CLIENT_SECRET"
 ENV_DATABASE_URL = "CD2_DATABASE_URL"
 # File descriptor number the child writes its one JSON result line to.
 ENV_RESULT_FD = "CD2_RESULT_FD"
+# What starts each line of the child's output (its log, see dap_child.logs) in the task log.
+RELAYED_PREFIX = "[dap] "
 
 DEFAULT_HOLDER = "cd2_replica"
 DEFAULT_LOCK_WAIT_SECONDS = 300.0

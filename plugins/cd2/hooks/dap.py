@@ -40,8 +40,6 @@ PASSED_THROUGH = (
 )  # fmt: skip
 KILL_GRACE_SECONDS = 10
 TAIL_LINES = 20
-# What starts each line of the child's output the hook relays to the task log.
-RELAYED_PREFIX = "[dap] "
 
 
 def child_log_level(line: str, previous: int) -> int:
@@ -251,7 +249,7 @@ class DapHook(BaseHook):
                 line = raw.decode(errors="replace").rstrip()
                 tail.append(line)
                 level = child_log_level(line, level)
-                self.log.log(level, "%s%s", RELAYED_PREFIX, line)
+                self.log.log(level, "%s%s", contract.RELAYED_PREFIX, line)
             returncode = child.wait()
         except BaseException:
             self.kill_child()
