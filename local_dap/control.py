@@ -107,14 +107,23 @@ class EmulatorProcess:
         """Clock, settings and per-table schema version, row ids and change count."""
         return self.admin("GET", "state")
 
-    def advance(self, changes: int = 10, steps: int = 1, tables: list[str] | None = None) -> dict:
+    def advance(
+        self,
+        changes: int = 10,
+        steps: int = 1,
+        tables: list[str] | None = None,
+        change_mix: dict[str, float] | None = None,
+    ) -> dict:
         """Move the logical clock ``steps`` times, making ``changes`` changes per table per step.
 
         Changes are inserts, updates, soft deletes (``workflow_state = 'deleted'``) and hard deletes
-        (append-only tables such as ``web_logs`` only get inserts). ``tables`` limits them to some
-        tables (``"canvas.users"`` or ``"users"``). Returns the new clock and the counts per kind.
+        (append-only tables such as ``web_logs`` only get inserts), in the shares of ``change_mix``
+        (kind to share, e.g. ``{"update": 10, "delete": 1}``; default the emulator's
+        ``DEFAULT_CHANGE_MIX``). ``tables`` limits them to some tables (``"canvas.users"`` or
+        ``"users"``). Returns the new clock and the counts per kind.
         """
-        return self.admin("POST", "advance", {"changes": changes, "steps": steps, "tables": tables})
+        spec = {"changes": changes, "steps": steps, "tables": tables, "change_mix": change_mix}
+        return self.admin("POST", "advance", spec)
 
     def truth(self, namespace: str, table: str) -> Truth:
         """Row count and checksum of the table now; compare with ``truth.replica_truth``."""

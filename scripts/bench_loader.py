@@ -9,9 +9,9 @@ the DAP interpreter (tests/plugins/cd2/dap_child/replicate_driver.py), one proce
 - init: stock client (``CD2_ACCELERATED_READER=0``; the same ``SQLReplicator.initialize`` that
   ``dap initdb`` runs), then with the accelerator, each into its own database; then a raw
   ``COPY ... FROM STDIN`` (text format) of the very TSV files the client loaded, into a copy of the table.
-- sync: the emulator advances by 11% of the rows (its fixed mix of inserts, updates, soft and hard
-  deletes: about 10% upserts and 1-2% deletes in the incremental), then stock and accelerated syncs, and
-  a raw COPY of the same incremental files into a staging table.
+- sync: the emulator updates 10% of the rows and hard-deletes 1% (``SYNC_CHANGE_MIX``), then stock
+  (``CD2_ACCELERATED_READER=0 CD2_BULK_UPSERT=0``) and accelerated syncs, and a raw COPY of the same
+  incremental files into a staging table.
 
 rows/s is rows in the files / time the client spent reading the downloaded files into the database
 (``load``: parse, batches, COPY or upsert/delete); download time is the emulator's speed, not the
@@ -39,7 +39,8 @@ from local_dap.postgres import PostgresServer, server_for_tests  # noqa: E402
 
 DRIVER = REPO_ROOT / "tests" / "plugins" / "cd2" / "dap_child" / "replicate_driver.py"
 RESULT_PREFIX = "DRIVER_RESULT "
-SYNC_CHANGE_FRACTION = 0.11
+# Changes per row of the table, by kind: the big-tables issue's sync.
+SYNC_CHANGE_MIX = {"update": 0.10, "delete": 0.01}
 
 
 def run_child(
@@ -50,6 +51,7 @@ def run_child(
     env = emulator.client_env(
         CD2_REPLICA_URL=url,
         CD2_ACCELERATED_READER="1" if accelerated else "0",
+        CD2_BULK_UPSERT="1" if accelerated else "0",
         CD2_DRIVER_KEEP_FILES=str(keep),
     )
     started = time.perf_counter()
@@ -131,7 +133,8 @@ def bench_size(server: PostgresServer, rows: int, table: str, work: Path) -> dic
     with start_emulator(seed=1, rows=rows) as emulator:
         for operation in ("init", "sync"):
             if operation == "sync":
-                emulator.advance(changes=int(rows * SYNC_CHANGE_FRACTION), tables=[table])
+                changes = int(rows * sum(SYNC_CHANGE_MIX.values()))
+                emulator.advance(changes=changes, tables=[table], change_mix=SYNC_CHANGE_MIX)
             runs = {}
             for mode in ("stock", "accelerated"):
                 keep = work / f"{rows}-{operation}-{mode}"

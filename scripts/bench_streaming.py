@@ -14,8 +14,9 @@ throwaway PostgreSQL:
 
 Each arm gets its own ``$TMPDIR``, sampled every 50 ms for its peak size. The child reports its peak RSS
 (VmHWM) and its download and load phase times (the sums over objects; they overlap, so the wall can be
-less than their sum). Then the emulator advances by ``--sync-fraction`` of the rows (its fixed mix of
-inserts, updates, soft and hard deletes, printed) and both arms sync; the same figures are printed.
+less than their sum). Then the emulator changes the table, ``--sync-updates`` (default 10%) of its rows
+updated and ``--sync-deletes`` (default 1%) hard-deleted (counts printed), and both arms sync; the same
+figures are printed.
 """
 
 from __future__ import annotations
@@ -180,7 +181,8 @@ def main() -> None:
     parser.add_argument("--rows", default="1000000,5000000", help="comma-separated table sizes")
     parser.add_argument("--table", default="canvas.accounts")
     parser.add_argument("--part-rows", type=int, default=100_000)
-    parser.add_argument("--sync-fraction", type=float, default=0.29, help="changes per row for the sync")
+    parser.add_argument("--sync-updates", type=float, default=0.10, help="updates per row for the sync")
+    parser.add_argument("--sync-deletes", type=float, default=0.01, help="hard deletes per row for the sync")
     parser.add_argument("--skip-sync", action="store_true")
     args = parser.parse_args()
     namespace, name = args.table.split(".")
@@ -206,7 +208,9 @@ def main() -> None:
                     report("init", rows, stock_s, stock_peak, ours, serving, part_bytes)
                     if args.skip_sync:
                         continue
-                    made = emulator.advance(changes=int(rows * args.sync_fraction))["changes"][args.table]
+                    change_mix = {"update": args.sync_updates, "delete": args.sync_deletes}
+                    changes = int(rows * (args.sync_updates + args.sync_deletes))
+                    made = emulator.advance(changes=changes, change_mix=change_mix)["changes"][args.table]
                     since = watermark(pg, f"bench_stock_{rows}", args.table)
                     serve_incremental(emulator, namespace, name, since)  # generates and caches the parts
                     served, warm_s = serve_incremental(emulator, namespace, name, since)

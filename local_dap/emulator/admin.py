@@ -52,9 +52,15 @@ def add_admin_routes(app: web.Application, emulator) -> None:
 
     async def advance(request: web.Request) -> web.Response:
         spec = await body(request)
-        result = emulator.source.advance(
-            changes=int(spec.get("changes", 10)), steps=int(spec.get("steps", 1)), tables=spec.get("tables")
-        )
+        try:
+            result = emulator.source.advance(
+                changes=int(spec.get("changes", 10)),
+                steps=int(spec.get("steps", 1)),
+                tables=spec.get("tables"),
+                change_mix=spec.get("change_mix"),
+            )
+        except ValueError as error:
+            return web.json_response({"error": str(error)}, status=400)
         result["now"] = to_json(_dt(result["now"]))
         return web.json_response(result)
 

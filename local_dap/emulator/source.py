@@ -28,6 +28,23 @@ HOUR = 3_600_000_000
 DAY = 24 * HOUR
 
 INSERT, UPDATE, SOFT_DELETE, DELETE = "insert", "update", "soft_delete", "delete"
+# The share of each kind of change an advance makes unless told otherwise (a soft delete is a hard one in a
+# table without a state column; an append-only table only gets inserts).
+DEFAULT_CHANGE_MIX = {INSERT: 0.4, UPDATE: 0.35, SOFT_DELETE: 0.12, DELETE: 0.13}
+
+
+def change_thresholds(change_mix: dict[str, float]) -> list[tuple[float, str]]:
+    """``(cumulative share, kind)`` in kind order, for picking a kind from one random number in [0, 1)."""
+    unknown = set(change_mix) - set(DEFAULT_CHANGE_MIX)
+    if unknown or not change_mix or min(change_mix.values()) < 0 or sum(change_mix.values()) <= 0:
+        raise ValueError(
+            f"a change mix maps {', '.join(DEFAULT_CHANGE_MIX)} to shares >= 0, not {change_mix}"
+        )
+    total, running, thresholds = sum(change_mix.values()), 0.0, []
+    for kind in DEFAULT_CHANGE_MIX:
+        running += change_mix.get(kind, 0.0)
+        thresholds.append((running / total, kind))
+    return thresholds
 
 
 @dataclass(frozen=True)
@@ -240,19 +257,25 @@ class TableSource:
         return self.next_index
 
     # -- changes ----------------------------------------------------------------------------------
-    def advance(self, begin: int, end: int, count: int, rng: random.Random) -> dict[str, int]:
-        """Make ``count`` changes with timestamps in ``[begin, end)``; returns counts per kind."""
+    def advance(
+        self, begin: int, end: int, count: int, rng: random.Random, change_mix: dict[str, float] | None = None
+    ) -> dict[str, int]:
+        """Make ``count`` changes with timestamps in ``[begin, end)``, kinds in the shares of ``change_mix``
+        (default :data:`DEFAULT_CHANGE_MIX`; a change of a row when none is alive is an insert); returns
+        counts per kind."""
+        thresholds = change_thresholds(change_mix or DEFAULT_CHANGE_MIX)
         stamps = sorted(rng.randrange(begin, end) for _ in range(count))
         made = {INSERT: 0, UPDATE: 0, SOFT_DELETE: 0, DELETE: 0}
         soft = soft_delete_column(self.table) is not None
         for ts in stamps:
             roll = rng.random()
-            index = None if self.table.append_only or roll < 0.4 else self._pick_alive(rng, ts)
+            wanted = next((kind for share, kind in thresholds if roll < share), thresholds[-1][1])
+            index = None if self.table.append_only or wanted == INSERT else self._pick_alive(rng, ts)
             if index is None:
                 kind, index, version = INSERT, self.next_index, 1
                 self.next_index += 1
             else:
-                kind = UPDATE if roll < 0.75 else (SOFT_DELETE if roll < 0.87 and soft else DELETE)
+                kind = DELETE if wanted == SOFT_DELETE and not soft else wanted
                 version = self._last_version(index) + 1
             self.changes.setdefault(index, []).append(Change(ts, version, kind))
             self.log_ts.append(ts)
@@ -304,8 +327,16 @@ class Source:
     def names(self, namespace: str) -> list[str]:
         return sorted(name for ns, name in self.tables if ns == namespace)
 
-    def advance(self, changes: int, steps: int = 1, tables: list[str] | None = None) -> dict:
-        """Move the clock ``steps`` times; each step makes ``changes`` changes in each (selected) table."""
+    def advance(
+        self,
+        changes: int,
+        steps: int = 1,
+        tables: list[str] | None = None,
+        change_mix: dict[str, float] | None = None,
+    ) -> dict:
+        """Move the clock ``steps`` times; each step makes ``changes`` changes in each (selected) table, of
+        the kinds in ``change_mix``'s shares (see :meth:`TableSource.advance`)."""
+        change_thresholds(change_mix or DEFAULT_CHANGE_MIX)  # a bad mix fails before the clock moves
         made: dict[str, dict[str, int]] = {}
         for _ in range(steps):
             begin, end = self.now, self.now + self.step
@@ -315,7 +346,7 @@ class Source:
                 if tables is not None and label not in tables and name not in tables:
                     continue
                 rng = random.Random(name_hash(self.seed, label, self.steps))
-                counts = table.advance(begin, end, changes, rng)
+                counts = table.advance(begin, end, changes, rng, change_mix)
                 for kind, n in counts.items():
                     made.setdefault(label, {}).setdefault(kind, 0)
                     made[label][kind] += n

@@ -31,10 +31,9 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 from typing import Any, Protocol
 
-from cd2.dap_child.client_version import CLIENT_DISTRIBUTION, installed_version
+from cd2.dap_child.client_version import CLIENT_DISTRIBUTION, switched_on, verified_version
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +104,7 @@ def make_reader_class(stock_reader: type, chunk_size: int = CHUNK_SIZE) -> type:
 
 def is_enabled() -> bool:
     """Whether the setting ``CD2_ACCELERATED_READER`` leaves the accelerator on (the default)."""
-    return os.environ.get(SETTING, "1").strip().lower() not in {"0", "false", "no", "off"}
+    return switched_on(SETTING)
 
 
 def install() -> bool:
@@ -120,15 +119,12 @@ def install() -> bool:
     if not is_enabled():
         logger.info("accelerated TSV reader turned off by %s; using the DAP client's stock reader", SETTING)
         return False
-    version = installed_version()
-    if version not in VERIFIED_CLIENT_VERSIONS:
-        logger.warning(
-            "accelerated TSV reader not installed: %s %s is not a verified version (%s); "
-            "using the client's stock reader, which loads far slower",
-            CLIENT_DISTRIBUTION,
-            version,
-            ", ".join(sorted(VERIFIED_CLIENT_VERSIONS)),
-        )
+    version = verified_version(
+        "accelerated TSV reader",
+        VERIFIED_CLIENT_VERSIONS,
+        "using the client's stock reader, which loads far slower",
+    )
+    if version is None:
         return False
 
     from pysqlsync.data.exchange import AsyncTextReader

@@ -62,7 +62,7 @@ from collections import deque
 from typing import Any
 from urllib.parse import urlparse
 
-from cd2.dap_child.client_version import CLIENT_DISTRIBUTION, installed_version
+from cd2.dap_child.client_version import CLIENT_DISTRIBUTION, switched_on, verified_version
 from cd2.dap_child.errors import DapEnvironmentError, DiskSpaceError, TruncatedDownloadError
 
 logger = logging.getLogger(__name__)
@@ -79,13 +79,9 @@ MIB = 1024 * 1024
 _installed: dict[str, bool] = {}
 
 
-def _off(name: str) -> bool:
-    return os.environ.get(name, "1").strip().lower() in {"0", "false", "no", "off"}
-
-
 def is_enabled() -> bool:
     """Whether ``CD2_STREAMING`` leaves the download/load pipeline on (the default)."""
-    return not _off(SETTING)
+    return switched_on(SETTING)
 
 
 def prefetch() -> int:
@@ -375,20 +371,6 @@ async def sync_run(self: Any) -> None:
 # -- installing ------------------------------------------------------------------------------------
 
 
-def _verified_version() -> str | None:
-    version = installed_version()
-    if version in VERIFIED_CLIENT_VERSIONS:
-        return version
-    logger.warning(
-        "object streaming and download checks not installed: %s %s is not a verified version (%s); "
-        "the client downloads whole tables to TMPDIR and does not notice truncated downloads",
-        CLIENT_DISTRIBUTION,
-        version,
-        ", ".join(sorted(VERIFIED_CLIENT_VERSIONS)),
-    )
-    return None
-
-
 def install() -> dict[str, bool]:
     """Patch the client (see the module doc); return which parts are active: ``download`` and ``streaming``.
 
@@ -396,7 +378,11 @@ def install() -> dict[str, bool]:
     """
     if _installed:
         return dict(_installed)
-    version = _verified_version()
+    version = verified_version(
+        "object streaming and download checks",
+        VERIFIED_CLIENT_VERSIONS,
+        "the client downloads whole tables to TMPDIR and does not notice truncated downloads",
+    )
     if version is None:
         return {"download": False, "streaming": False}
     api = importlib.import_module("dap.api")

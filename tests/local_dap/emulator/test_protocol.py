@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from local_dap.control import start_emulator
+from local_dap.control import EmulatorError, start_emulator
 
 
 def call(emulator, method: str, path: str, body=None, token: str | None = None, basic: str | None = None,
@@ -132,6 +132,21 @@ def test_incremental_returns_updates_and_deletes_in_since_until(server):
     assert all(job["since"][:19] <= row[0][:19] < job["until"][:19] for row in rows[1:])
     again, files = run_query(server, token, "canvas", "accounts", {"format": "tsv", "since": job["until"]})
     assert files[0].decode().count("\n") == 1  # header only: until is exclusive, since inclusive
+
+
+def test_an_advance_makes_the_change_mix_it_is_given(server):
+    made = server.advance(changes=220, tables=["canvas.users"], change_mix={"update": 10, "delete": 1})
+    counts = made["changes"]["canvas.users"]
+    assert counts["insert"] == counts["soft_delete"] == 0 and counts["update"] + counts["delete"] == 220
+    assert 8 <= counts["update"] / counts["delete"] <= 14, counts
+
+
+def test_an_advance_with_an_unknown_change_kind_is_refused_before_the_clock_moves(server):
+    before = server.state()
+    with pytest.raises(EmulatorError, match="400.*a change mix maps insert, update, soft_delete, delete"):
+        server.advance(changes=5, change_mix={"upsert": 1})
+    after = server.state()
+    assert (after["steps"], after["now"]) == (before["steps"], before["now"])
 
 
 def test_jsonl_csv_and_expanded_mode(server):

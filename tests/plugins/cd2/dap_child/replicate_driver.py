@@ -2,12 +2,13 @@
 
     DAP_PYTHON replicate_driver.py init|sync NAMESPACE TABLE
 
-Like the child entry point, it calls ``install()`` of the accelerated reader first (so
-``CD2_ACCELERATED_READER=0`` runs the stock reader), then runs ``SQLReplicator.version_upgrade`` and
+Like the child entry point, it calls ``install()`` of the accelerated reader and of the set-based
+upserts first (so ``CD2_ACCELERATED_READER=0 CD2_BULK_UPSERT=0`` runs the stock client), then runs ``SQLReplicator.version_upgrade`` and
 ``initialize`` or ``synchronize`` with usage tracking off. Secrets come from the environment, never argv:
 ``DAP_API_URL``, ``DAP_CLIENT_ID``, ``DAP_CLIENT_SECRET`` and ``CD2_REPLICA_URL`` (a ``postgresql://`` URL).
 
-Prints one line ``DRIVER_RESULT {json}`` with ``accelerated`` (what ``install()`` returned), ``reader``
+Prints one line ``DRIVER_RESULT {json}`` with ``accelerated`` and ``bulk_upsert`` (what each ``install()``
+returned), ``reader``
 (the reader class the client's init/sync modules use), ``seconds`` (the operation alone, after imports),
 ``download_seconds`` (the client downloading and gunzipping the objects), ``load_seconds`` (the client
 reading the downloaded files into the database: the part the accelerator speeds up) and ``max_rss_kib``
@@ -96,6 +97,9 @@ def main(argv: list[str]) -> None:
     from cd2.dap_child.accelerated_reader import install
 
     accelerated = install()
+    from cd2.dap_child import bulk_upsert
+
+    bulk = bulk_upsert.install()
     streaming = None
     if "CD2_STREAMING" in os.environ:  # else the client's own download-then-load path, unpatched
         from cd2.dap_child import streaming as streaming_module
@@ -116,6 +120,7 @@ def main(argv: list[str]) -> None:
     seconds = time.perf_counter() - started
     result = {
         "accelerated": accelerated,
+        "bulk_upsert": bulk,
         "streaming": streaming,
         "reader": ",".join(sorted(readers)),
         "seconds": seconds,

@@ -163,7 +163,13 @@ MODES = {"stock": "0", "accelerated": "1"}
 
 def run_driver(emulator, database_url: str, operation: str, namespace: str, table: str, mode: str) -> dict:
     return driving.run_driver(
-        emulator, database_url, operation, namespace, table, CD2_ACCELERATED_READER=MODES[mode]
+        emulator,
+        database_url,
+        operation,
+        namespace,
+        table,
+        CD2_ACCELERATED_READER=MODES[mode],
+        CD2_BULK_UPSERT=MODES[mode],
     )
 
 
@@ -259,8 +265,12 @@ def test_replica_with_the_accelerator_equals_the_stock_one(replicas, operation, 
     (stock, stock_truth), (accelerated, accelerated_truth) = (
         outcomes[(operation, namespace, table)][mode] for mode in ("stock", "accelerated")
     )
-    assert (stock["accelerated"], stock["reader"]) == (False, "AsyncTextReader")
-    assert (accelerated["accelerated"], accelerated["reader"]) == (True, "AcceleratedTextReader")
+    assert (stock["accelerated"], stock["bulk_upsert"], stock["reader"]) == (False, False, "AsyncTextReader")
+    assert (accelerated["accelerated"], accelerated["bulk_upsert"], accelerated["reader"]) == (
+        True,
+        True,
+        "AcceleratedTextReader",
+    )
     assert stock_truth.count > 0
     assert accelerated_truth == stock_truth, "count and checksum of the replicated table"
 
