@@ -258,12 +258,11 @@ class TableSource:
 
     # -- changes ----------------------------------------------------------------------------------
     def advance(
-        self, begin: int, end: int, count: int, rng: random.Random, change_mix: dict[str, float] | None = None
+        self, begin: int, end: int, count: int, rng: random.Random, thresholds: list[tuple[float, str]]
     ) -> dict[str, int]:
-        """Make ``count`` changes with timestamps in ``[begin, end)``, kinds in the shares of ``change_mix``
-        (default :data:`DEFAULT_CHANGE_MIX`; a change of a row when none is alive is an insert); returns
-        counts per kind."""
-        thresholds = change_thresholds(change_mix or DEFAULT_CHANGE_MIX)
+        """Make ``count`` changes with timestamps in ``[begin, end)``, kinds picked by ``thresholds``
+        (:func:`change_thresholds`; a change of a row when none is alive is an insert); returns counts
+        per kind."""
         stamps = sorted(rng.randrange(begin, end) for _ in range(count))
         made = {INSERT: 0, UPDATE: 0, SOFT_DELETE: 0, DELETE: 0}
         soft = soft_delete_column(self.table) is not None
@@ -336,7 +335,8 @@ class Source:
     ) -> dict:
         """Move the clock ``steps`` times; each step makes ``changes`` changes in each (selected) table, of
         the kinds in ``change_mix``'s shares (see :meth:`TableSource.advance`)."""
-        change_thresholds(change_mix or DEFAULT_CHANGE_MIX)  # a bad mix fails before the clock moves
+        # A bad mix fails here, before the clock moves.
+        thresholds = change_thresholds(change_mix or DEFAULT_CHANGE_MIX)
         made: dict[str, dict[str, int]] = {}
         for _ in range(steps):
             begin, end = self.now, self.now + self.step
@@ -346,7 +346,7 @@ class Source:
                 if tables is not None and label not in tables and name not in tables:
                     continue
                 rng = random.Random(name_hash(self.seed, label, self.steps))
-                counts = table.advance(begin, end, changes, rng, change_mix)
+                counts = table.advance(begin, end, changes, rng, thresholds)
                 for kind, n in counts.items():
                     made.setdefault(label, {}).setdefault(kind, 0)
                     made[label][kind] += n

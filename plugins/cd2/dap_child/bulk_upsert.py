@@ -38,12 +38,14 @@ import logging
 from typing import Any
 
 from cd2.dap_child.client_version import CLIENT_DISTRIBUTION, switched_on, verified_version
+from cd2.dap_child.quoting import quote_ident
 
 logger = logging.getLogger(__name__)
 
 VERIFIED_CLIENT_VERSIONS = frozenset({"2.3.1"})
 SETTING = "CD2_BULK_UPSERT"
-STAGE_TABLE = '"cd2_upsert_stage"'
+STAGE_NAME = "cd2_upsert_stage"
+STAGE_TABLE = quote_ident(STAGE_NAME)
 
 _installed = False
 
@@ -61,9 +63,8 @@ def last_record_per_key(batch: list[tuple], key_positions: list[int]) -> list[tu
     return [record for index, record in enumerate(batch) if last[keys[index]] == index]
 
 
-def upsert_statement(table: Any, columns: list[Any]) -> str:
-    """``INSERT ... SELECT`` from the stage with pysqlsync's own conflict clause for ``table``."""
-    column_list = ", ".join(str(column.name) for column in columns)
+def upsert_statement(table: Any, column_list: str) -> str:
+    """``INSERT ... SELECT`` of ``column_list`` from the stage with pysqlsync's own conflict clause."""
     keys = ", ".join(str(key) for key in table.primary_key)
     value_columns = table.get_value_columns()
     if value_columns:
@@ -102,12 +103,12 @@ async def upsert_rows(
     create_stage = (
         f"CREATE TEMPORARY TABLE {STAGE_TABLE} AS SELECT {column_list} FROM {table.name} WITH NO DATA"
     )
-    upsert = upsert_statement(table, columns)
+    upsert = upsert_statement(table, column_list)
     async for batch in records.batches():
         await _run(self, f"DROP TABLE IF EXISTS pg_temp.{STAGE_TABLE}")
         await _run(self, create_stage)
         await self.native_connection.copy_records_to_table(
-            STAGE_TABLE.strip('"'), columns=names, records=last_record_per_key(batch, key_positions)
+            STAGE_NAME, columns=names, records=last_record_per_key(batch, key_positions)
         )
         await _run(self, upsert)
         await _run(self, f"DROP TABLE pg_temp.{STAGE_TABLE}")
