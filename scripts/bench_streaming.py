@@ -17,6 +17,11 @@ Each arm gets its own ``$TMPDIR``, sampled every 50 ms for its peak size. The ch
 less than their sum). Then the emulator changes the table, ``--sync-updates`` (default 10%) of its rows
 updated and ``--sync-deletes`` (default 1%) hard-deleted (counts printed), and both arms sync; the same
 figures are printed.
+
+The server's ``shared_buffers`` is ``--shared-buffers`` (default 1GB): the deploy's Aurora Serverless v2
+(``mwaa_infra``, at most 4 ACU = about 8 GiB by default) keeps half to three quarters of its memory as
+buffers, and a benchmark on PostgreSQL's own 128MB default measures evictions of a 5M-row table, for both
+arms.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -78,6 +84,55 @@ class PeakSize:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+class CpuTime:
+    """CPU seconds (user + system) spent during a ``with`` block by the client (this script's children it
+    waited for: the stock CLI or the DAP child), the PostgreSQL server (every process of it, exited backends
+    included) and the emulator. Their sum over the machine's cores is a floor for the wall time here."""
+
+    TICK = os.sysconf("SC_CLK_TCK")
+
+    def __init__(self, server_pid: int, emulator_pid: int) -> None:
+        self.pids = {"server": server_pid, "emulator": emulator_pid}
+        self.seconds: dict[str, float] = {}
+
+    @classmethod
+    def _tree(cls, pid: int) -> float:
+        """A process's CPU with its reaped children's, plus that of its live descendants."""
+        stats = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                stats[int(entry)] = (int(fields[1]), sum(int(value) for value in fields[11:15]))
+        total, todo = 0, [pid]
+        while todo:
+            current = todo.pop()
+            total += stats.get(current, (0, 0))[1]
+            todo.extend(child for child, (parent, _) in stats.items() if parent == current)
+        return total / cls.TICK
+
+    def _now(self) -> dict[str, float]:
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return {"client": usage.ru_utime + usage.ru_stime} | {
+            name: self._tree(pid) for name, pid in self.pids.items()
+        }
+
+    def __enter__(self) -> CpuTime:
+        self._start = self._now()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        end = self._now()
+        self.seconds = {name: end[name] - self._start[name] for name in end}
+
+    def describe(self) -> str:
+        total = sum(self.seconds.values())
+        parts = ", ".join(f"{name} {value:.1f}" for name, value in self.seconds.items())
+        return f"CPU s {parts}; sum / {os.cpu_count()} cores = {total / os.cpu_count():.1f} s"
 
 
 class PhaseLog:
@@ -147,6 +202,16 @@ def product(emulator, url: str, action: str, table: str, tmpdir: Path):
     return seconds, peak.peak, result, phases.found
 
 
+def both_arms(emulator, urls: dict, dirs: dict, action: str, table: str, server_pid: int):
+    """The stock CLI's ``dap <action>db``, then the product's task, each with its CPU time."""
+    cpu = {arm: CpuTime(server_pid, emulator.process.pid) for arm in urls}
+    with cpu["stock"]:
+        stock_s, stock_peak = stock(emulator, urls["stock"], f"{action}db", table, dirs["stock"])
+    with cpu["product"]:
+        ours = product(emulator, urls["product"], action, table, dirs["product"])
+    return stock_s, stock_peak, ours, cpu
+
+
 def count(pg, database: str, table: str) -> int:
     conn = pg.connect(database)
     try:
@@ -159,7 +224,14 @@ def count(pg, database: str, table: str) -> int:
 
 
 def report(
-    label: str, rows: int, stock_s: float, stock_peak: int, ours: tuple, serving: float, part_bytes: int
+    label: str,
+    rows: int,
+    stock_s: float,
+    stock_peak: int,
+    ours: tuple,
+    serving: float,
+    part_bytes: int,
+    cpu: dict[str, CpuTime],
 ):
     seconds, peak, result, found = ours
     objects, download_s, load_s = found or (0, float("nan"), float("nan"))
@@ -171,7 +243,9 @@ def report(
         f"({peak / part_bytes:.2f} objects of {part_bytes / 2**20:.1f} MiB), child peak RSS {result.peak_rss_mb} MB\n"
         f"  ratio product/stock: {stock_s / seconds:.1f}x | {objects} objects: download {download_s:.1f} s, "
         f"load {load_s:.1f} s, child wall {result.duration_seconds:.1f} s = {result.duration_seconds / slower:.2f}x "
-        "the slower phase",
+        "the slower phase\n"
+        f"  stock dap CLI : {cpu['stock'].describe()}\n"
+        f"  product task  : {cpu['product'].describe()}",
         flush=True,
     )
 
@@ -184,11 +258,17 @@ def main() -> None:
     parser.add_argument("--sync-updates", type=float, default=0.10, help="updates per row for the sync")
     parser.add_argument("--sync-deletes", type=float, default=0.01, help="hard deletes per row for the sync")
     parser.add_argument("--skip-sync", action="store_true")
+    parser.add_argument(
+        "--shared-buffers",
+        default="1GB",
+        help="the server's shared_buffers (PostgreSQL's own default, 128MB, holds a tenth of a 5M-row table)",
+    )
     args = parser.parse_args()
     namespace, name = args.table.split(".")
     work = Path(tempfile.mkdtemp(prefix="cd2-bench-streaming-"))
     try:
         with temporary_server() as pg:
+            server_pid = configure(pg, args.shared_buffers)
             for rows in [int(r) for r in args.rows.split(",")]:
                 with start_emulator(rows=rows, part_rows=args.part_rows) as emulator:
                     _, generate_s = serve_snapshot(emulator, namespace, name)
@@ -200,12 +280,13 @@ def main() -> None:
                     dirs = {arm: work / f"{arm}-{rows}" for arm in urls}
                     for folder in dirs.values():
                         folder.mkdir()
-                    stock_s, stock_peak = stock(emulator, urls["stock"], "initdb", args.table, dirs["stock"])
-                    ours = product(emulator, urls["product"], "init", args.table, dirs["product"])
+                    stock_s, stock_peak, ours, cpu = both_arms(
+                        emulator, urls, dirs, "init", args.table, server_pid
+                    )
                     part_bytes = stock_peak / max(1, -(-rows // args.part_rows))
                     assert count(pg, f"bench_stock_{rows}", args.table) == rows
                     assert count(pg, f"bench_product_{rows}", args.table) == rows
-                    report("init", rows, stock_s, stock_peak, ours, serving, part_bytes)
+                    report("init", rows, stock_s, stock_peak, ours, serving, part_bytes, cpu)
                     if args.skip_sync:
                         continue
                     change_mix = {"update": args.sync_updates, "delete": args.sync_deletes}
@@ -215,13 +296,35 @@ def main() -> None:
                     serve_incremental(emulator, namespace, name, since)  # generates and caches the parts
                     served, warm_s = serve_incremental(emulator, namespace, name, since)
                     print(f"sync changes made by the emulator: {made}", flush=True)
-                    stock_s, stock_peak = stock(emulator, urls["stock"], "syncdb", args.table, dirs["stock"])
-                    ours = product(emulator, urls["product"], "sync", args.table, dirs["product"])
+                    stock_s, stock_peak, ours, cpu = both_arms(
+                        emulator, urls, dirs, "sync", args.table, server_pid
+                    )
                     changed = sum(made.values())
                     sync_part = stock_peak / max(1, -(-changed // args.part_rows))
-                    report("sync", changed, stock_s, stock_peak, ours, served / warm_s, sync_part)
+                    report("sync", changed, stock_s, stock_peak, ours, served / warm_s, sync_part, cpu)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def configure(pg, shared_buffers: str) -> int:
+    """Size the server's buffer cache like a production database's (see the module doc), restart it and
+    return the postmaster's process id."""
+    conn = pg.connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("ALTER SYSTEM SET shared_buffers = %s", (shared_buffers,))
+    finally:
+        conn.close()
+    pg.restart()
+    conn = pg.connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_backend_pid()")
+            backend = Path(f"/proc/{cur.fetchone()[0]}/stat").read_text()
+    finally:
+        conn.close()
+    print(f"PostgreSQL {pg.server_version}, shared_buffers {shared_buffers}", flush=True)
+    return int(backend.rsplit(")", 1)[1].split()[1])
 
 
 def serve_snapshot(emulator, namespace: str, name: str) -> tuple[int, float]:

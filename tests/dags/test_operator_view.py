@@ -137,6 +137,24 @@ def test_a_retried_instance_keeps_its_name_between_tries(airflow, troubled):
     assert not unnamed(airflow, [troubled], {"up_for_retry"})
 
 
+def test_each_earlier_try_keeps_its_name_in_the_metadata_database(airflow, troubled, postgres_server):
+    """What the tries endpoint leaves out (below) is stored: the earlier try's row carries the name."""
+    run_id, _ = troubled
+    accounts = by_name(airflow, run_id)[("table.sync", "canvas.accounts")]
+    database = airflow.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].rsplit("/", 1)[1]
+    conn = postgres_server.connect(database)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT try_number, state, rendered_map_index FROM task_instance_history "
+                "WHERE dag_id = 'cd2_replica' AND run_id = %s AND task_id = 'table.sync' AND map_index = %s",
+                (run_id, accounts.map_index),
+            )
+            assert cur.fetchall() == [(1, "failed", "canvas.accounts")]
+    finally:
+        conn.close()
+
+
 @pytest.mark.xfail(
     strict=True,
     raises=AssertionError,

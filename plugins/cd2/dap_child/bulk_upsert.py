@@ -13,9 +13,10 @@ The replacement keeps everything but the round trips: the records still come fro
 
 - upsert: the batch is COPYed (as pysqlsync's PostgreSQL ``_insert_rows`` does) into a temporary table
   made ``AS SELECT <columns> FROM <table> WITH NO DATA`` (the same column types), then one
-  ``INSERT INTO <table> (<columns>) SELECT <columns> FROM <stage> ON CONFLICT (<key>) DO UPDATE SET``
-  over pysqlsync's own list of value columns (so a value column the file lacks is reset exactly as the
-  stock statement resets it), then the stage is dropped. A key twice in one batch keeps its last record,
+  ``INSERT INTO <table> (<columns>) SELECT <columns> FROM <stage> ORDER BY <key> ON CONFLICT (<key>) DO
+  UPDATE SET`` over pysqlsync's own list of value columns (so a value column the file lacks is reset
+  exactly as the stock statement resets it; key order walks the primary key's index once instead of
+  probing it at random, see docs/design.md), then the stage is dropped. A key twice in one batch keeps its last record,
   as ``executemany``'s last statement would (condensed output holds each key once, so this is a guard);
 - delete: the transformed keys go as one array, ``DELETE FROM <table> WHERE <key> = ANY($1)``.
 
@@ -72,7 +73,7 @@ def upsert_statement(table: Any, column_list: str) -> str:
         conflict = f"ON CONFLICT ({keys}) DO UPDATE SET {assignments}"
     else:
         conflict = f"ON CONFLICT ({keys}) DO NOTHING"
-    return f"INSERT INTO {table.name} ({column_list}) SELECT {column_list} FROM {STAGE_TABLE} {conflict}"
+    return f"INSERT INTO {table.name} ({column_list}) SELECT {column_list} FROM {STAGE_TABLE} ORDER BY {keys} {conflict}"
 
 
 async def _run(context: Any, statement: str, *args: Any) -> None:

@@ -27,6 +27,14 @@ What it patches (instructure-dap-client 2.3.1, versions in ``VERIFIED_CLIENT_VER
   job leaves the table untouched. The metadata (``table_sync``: watermark) is still written after the
   last object is loaded; a crash part-way leaves what the runner already handles: an init without a
   ``table_sync`` row (dropped and redone), a sync whose watermark did not move (re-run idempotently).
+- ``dap.replicator.sql_op_sync.SqlOpSync.upsert_rows`` (with streaming, inside the streaming sync only;
+  elsewhere it is the client's) and ``dap.replicator.sql_op_sync.INSERT_BATCH_SIZE`` (100,000 ->
+  ``SYNC_BATCH_ROWS``): the client's per-batch write (validation, upsert, delete) is unchanged but runs
+  behind the reader (:class:`WriteBehind`): the call returns once the previous batch's write has
+  finished and this one has started, so the client parses the next batch (of this object or the next)
+  while PostgreSQL merges the last. Writes stay one at a time, in the client's order, on its connection;
+  a write's error is raised at the next batch or before the metadata write, so the watermark still moves
+  only after every batch is written.
 
 Disk rule (:class:`DiskGuard`): a reserve of 1/8 of the ``$TMPDIR`` filesystem, at most 64 MiB, is never
 used. While an object downloads, its final size is projected as bytes written x Content-Length /
@@ -50,6 +58,8 @@ How to remove it: when Instructure's client streams objects and checks the gzip 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import errno
 import importlib
 import logging
@@ -75,6 +85,9 @@ DOWNLOAD_CHUNK = 1024 * 1024
 CHECK_EVERY_BYTES = 4 * 1024 * 1024
 MAX_RESERVE_BYTES = 64 * 1024 * 1024
 MIB = 1024 * 1024
+# A quarter of the client's 100k: small enough that reading one batch overlaps writing the last within
+# one object, large enough that a statement per batch costs nothing (measured in docs/design.md).
+SYNC_BATCH_ROWS = 25_000
 
 _installed: dict[str, bool] = {}
 
@@ -213,7 +226,7 @@ class ObjectStream:
         self.largest = 0
         self.peak_bytes = 0
         self.download_seconds = 0.0
-        self.load_seconds = 0.0
+        self.load_clock = LoadClock()
 
     async def __aenter__(self) -> ObjectStream:
         self.root = tempfile.mkdtemp(prefix="cd2-objects-")
@@ -266,11 +279,10 @@ class ObjectStream:
             self.loading = True
             self._top_up()
             self.peak_bytes = max(self.peak_bytes, _folder_bytes(self.root))
-            started = time.perf_counter()
             try:
-                yield folder
+                with self.load_clock.running():
+                    yield folder
             finally:
-                self.load_seconds += time.perf_counter() - started
                 shutil.rmtree(folder, ignore_errors=True)
                 self.loading = False
 
@@ -279,9 +291,77 @@ class ObjectStream:
             "streamed %d objects: downloads %.1f s, loads %.1f s, at most %d bytes on disk when a load started",
             len(self.objects),
             self.download_seconds,
-            self.load_seconds,
+            self.load_clock.seconds,
             self.peak_bytes,
         )
+
+
+class LoadClock:
+    """Wall time during which the loader reads an object or writes a batch (the two overlap in a sync)."""
+
+    def __init__(self) -> None:
+        self.active = 0
+        self.since = 0.0
+        self.seconds = 0.0
+
+    @contextlib.contextmanager
+    def running(self):
+        if not self.active:
+            self.since = time.perf_counter()
+        self.active += 1
+        try:
+            yield
+        finally:
+            self.active -= 1
+            if not self.active:
+                self.seconds += time.perf_counter() - self.since
+
+
+class WriteBehind:
+    """The client's per-batch sync writes, one at a time and in order, each running while the next is read.
+
+    :meth:`submit` waits for the write in flight (raising its error), then starts this one and returns;
+    :meth:`drain` waits for the last; :meth:`cancel` stops one still running (after another error).
+    """
+
+    def __init__(self, write: Any, clock: LoadClock) -> None:
+        self.write = write
+        self.clock = clock
+        self.pending: asyncio.Task[None] | None = None
+
+    async def submit(self, *args: Any, **kwargs: Any) -> None:
+        await self.drain()
+        self.pending = asyncio.create_task(self._timed(args, kwargs))
+
+    async def _timed(self, args: tuple, kwargs: dict) -> None:
+        with self.clock.running():
+            await self.write(*args, **kwargs)
+
+    async def drain(self) -> None:
+        task, self.pending = self.pending, None
+        if task is not None:
+            await task
+
+    async def cancel(self) -> None:
+        task, self.pending = self.pending, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+_write_behind: contextvars.ContextVar[WriteBehind | None] = contextvars.ContextVar(
+    "cd2_write_behind", default=None
+)
+_client_upsert_rows: Any = None
+
+
+async def upsert_rows(*args: Any, **kwargs: Any) -> None:
+    """``SqlOpSync.upsert_rows``: behind the reader inside a streaming sync, the client's own elsewhere."""
+    writer = _write_behind.get()
+    if writer is None:
+        await _client_upsert_rows(*args, **kwargs)
+    else:
+        await writer.submit(*args, **kwargs)
 
 
 def _folder_bytes(folder: str) -> int:
@@ -358,10 +438,17 @@ async def sync_run(self: Any) -> None:
     async with ObjectStream(self.session, result.objects) as stream:
         await stream.first_ready()
         await self.explorer.synchronize(modules=[meta_schema, self.namespace_module])
-        async for folder in stream:
-            await self.sync_insert_data_from_files_to_db(
-                self.conn, entity_type, folder, self.namespace, self.table_name, self.dialect
-            )
+        writer = WriteBehind(_client_upsert_rows, stream.load_clock)
+        context = _write_behind.set(writer)
+        try:
+            async for folder in stream:
+                await self.sync_insert_data_from_files_to_db(
+                    self.conn, entity_type, folder, self.namespace, self.table_name, self.dialect
+                )
+            await writer.drain()
+        finally:
+            _write_behind.reset(context)
+            await writer.cancel()
     stream.log_summary()
     await sync_upsert_table_metadata(
         self.conn, self.namespace, result, schema, table_meta, self.table_name, versioned_schema
@@ -376,6 +463,7 @@ def install() -> dict[str, bool]:
 
     Safe to call more than once.
     """
+    global _client_upsert_rows
     if _installed:
         return dict(_installed)
     version = verified_version(
@@ -390,8 +478,12 @@ def install() -> dict[str, bool]:
     _installed["download"] = True
     _installed["streaming"] = False
     if is_enabled():
+        sql_op_sync = importlib.import_module("dap.replicator.sql_op_sync")
         importlib.import_module("dap.replicator.sql_op_init").SqlOpInit.run = init_run
-        importlib.import_module("dap.replicator.sql_op_sync").SqlOpSync.run = sync_run
+        sql_op_sync.SqlOpSync.run = sync_run
+        _client_upsert_rows = sql_op_sync.SqlOpSync.upsert_rows
+        sql_op_sync.SqlOpSync.upsert_rows = staticmethod(upsert_rows)
+        sql_op_sync.INSERT_BATCH_SIZE = SYNC_BATCH_ROWS
         _installed["streaming"] = True
         logger.info("object streaming installed for %s %s", CLIENT_DISTRIBUTION, version)
     else:

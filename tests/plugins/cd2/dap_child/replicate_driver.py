@@ -9,7 +9,8 @@ upserts first (so ``CD2_ACCELERATED_READER=0 CD2_BULK_UPSERT=0`` runs the stock 
 
 Prints one line ``DRIVER_RESULT {json}`` with ``accelerated`` and ``bulk_upsert`` (what each ``install()``
 returned), ``reader``
-(the reader class the client's init/sync modules use), ``seconds`` (the operation alone, after imports),
+(the reader class the client's init/sync modules use), ``sync_batch_rows`` (the rows the client's sync
+writes per statement), ``seconds`` (the operation alone, after imports),
 ``download_seconds`` (the client downloading and gunzipping the objects), ``load_seconds`` (the client
 reading the downloaded files into the database: the part the accelerator speeds up) and ``max_rss_kib``
 (the process's peak resident set size). With ``CD2_STREAMING`` set (``1`` or ``0``), it also installs
@@ -123,6 +124,7 @@ def main(argv: list[str]) -> None:
         "bulk_upsert": bulk,
         "streaming": streaming,
         "reader": ",".join(sorted(readers)),
+        "sync_batch_rows": sql_op_sync.INSERT_BATCH_SIZE,
         "seconds": seconds,
         **phases,
         "max_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
