@@ -98,8 +98,8 @@ class CpuTime:
         self.seconds: dict[str, float] = {}
 
     @classmethod
-    def _tree(cls, pid: int) -> float:
-        """A process's CPU with its reaped children's, plus that of its live descendants."""
+    def _trees(cls, pids: list[int]) -> list[float]:
+        """Each process's CPU with its reaped children's, plus that of its live descendants (one /proc read)."""
         stats = {}
         for entry in os.listdir("/proc"):
             if entry.isdigit():
@@ -108,18 +108,20 @@ class CpuTime:
                 except OSError:
                     continue
                 stats[int(entry)] = (int(fields[1]), sum(int(value) for value in fields[11:15]))
-        total, todo = 0, [pid]
-        while todo:
-            current = todo.pop()
-            total += stats.get(current, (0, 0))[1]
-            todo.extend(child for child, (parent, _) in stats.items() if parent == current)
-        return total / cls.TICK
+        totals = []
+        for pid in pids:
+            total, todo = 0, [pid]
+            while todo:
+                current = todo.pop()
+                total += stats.get(current, (0, 0))[1]
+                todo.extend(child for child, (parent, _) in stats.items() if parent == current)
+            totals.append(total / cls.TICK)
+        return totals
 
     def _now(self) -> dict[str, float]:
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-        return {"client": usage.ru_utime + usage.ru_stime} | {
-            name: self._tree(pid) for name, pid in self.pids.items()
-        }
+        trees = self._trees(list(self.pids.values()))
+        return {"client": usage.ru_utime + usage.ru_stime} | dict(zip(self.pids, trees, strict=True))
 
     def __enter__(self) -> CpuTime:
         self._start = self._now()

@@ -16,8 +16,9 @@ The replacement keeps everything but the round trips: the records still come fro
   ``INSERT INTO <table> (<columns>) SELECT <columns> FROM <stage> ORDER BY <key> ON CONFLICT (<key>) DO
   UPDATE SET`` over pysqlsync's own list of value columns (so a value column the file lacks is reset
   exactly as the stock statement resets it; key order walks the primary key's index once instead of
-  probing it at random, see docs/design.md), then the stage is dropped. A key twice in one batch keeps its last record,
-  as ``executemany``'s last statement would (condensed output holds each key once, so this is a guard);
+  probing it at random, see docs/design.md), then the stage is dropped. A key twice in one batch keeps
+  its last record, as ``executemany``'s last statement would (condensed output holds each key once, so
+  this is a guard);
 - delete: the transformed keys go as one array, ``DELETE FROM <table> WHERE <key> = ANY($1)``.
 
 Both statements fail as pysqlsync's do (``QueryException`` naming the statement, the driver's error as

@@ -69,6 +69,7 @@ import tempfile
 import time
 import zlib
 from collections import deque
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlparse
 
@@ -305,7 +306,7 @@ class LoadClock:
         self.seconds = 0.0
 
     @contextlib.contextmanager
-    def running(self):
+    def running(self) -> Iterator[None]:
         if not self.active:
             self.since = time.perf_counter()
         self.active += 1

@@ -15,25 +15,11 @@ import pytest
 from cd2.dap_child.bulk_upsert import last_record_per_key
 from local_dap.control import start_emulator
 from local_dap.truth import replica_truth
-from tests.plugins.cd2.dap_child.driving import run_driver
+from tests.plugins.cd2.dap_child.driving import count_statements, run_driver, statement_executions
 from tests.support.paths import DAP_PYTHON, REPO_ROOT
 
 NAMESPACE, TABLE = "canvas", "accounts"
 MODES = {"bulk": "1", "stock": "0"}
-# Statement-level triggers fire once per statement execution: executemany executes once per record.
-COUNT_STATEMENTS = """
-CREATE TABLE public.statements (operation text PRIMARY KEY, executions int NOT NULL);
-INSERT INTO public.statements VALUES ('INSERT', 0), ('DELETE', 0);
-CREATE FUNCTION public.count_statement() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-  UPDATE public.statements SET executions = executions + 1 WHERE operation = TG_OP;
-  RETURN NULL;
-END $$;
-CREATE TRIGGER count_inserts AFTER INSERT ON canvas.accounts FOR EACH STATEMENT
-  EXECUTE FUNCTION public.count_statement();
-CREATE TRIGGER count_deletes AFTER DELETE ON canvas.accounts FOR EACH STATEMENT
-  EXECUTE FUNCTION public.count_statement();
-"""
 
 
 def test_a_repeated_key_keeps_its_last_record() -> None:
@@ -92,19 +78,12 @@ def synced(postgres_server):
     with start_emulator(seed=11, rows=3000, part_rows=1000) as emulator:
         for mode, url in urls.items():
             run_driver(emulator, url, "init", NAMESPACE, TABLE, CD2_BULK_UPSERT=MODES[mode])
-            conn = postgres_server.connect(url.rsplit("/", 1)[1])
-            with conn, conn.cursor() as cur:
-                cur.execute(COUNT_STATEMENTS)
-            conn.close()
+            count_statements(postgres_server, url, f"{NAMESPACE}.{TABLE}")
         label = f"{NAMESPACE}.{TABLE}"
         changes = emulator.advance(changes=600, tables=[label])["changes"][label]
         for mode, url in urls.items():
             result = run_driver(emulator, url, "sync", NAMESPACE, TABLE, CD2_BULK_UPSERT=MODES[mode])
-            conn = postgres_server.connect(url.rsplit("/", 1)[1])
-            with conn, conn.cursor() as cur:
-                cur.execute("SELECT operation, executions FROM public.statements")
-                executions = dict(cur.fetchall())
-            conn.close()
+            executions = statement_executions(postgres_server, url)
             outcomes[mode] = (result, replica_truth(url, NAMESPACE, TABLE), executions)
         truth = emulator.truth(NAMESPACE, TABLE)
     return outcomes, truth, changes

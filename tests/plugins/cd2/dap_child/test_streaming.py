@@ -258,15 +258,6 @@ def test_a_sync_reads_the_next_object_while_postgresql_writes_the_last(
     assert table_sync_row(database_url, "users") != watermark
 
 
-COUNT_INSERTS = f"""
-CREATE TABLE public.inserts (executions int NOT NULL);
-INSERT INTO public.inserts VALUES (0);
-CREATE FUNCTION public.count_insert() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN UPDATE public.inserts SET executions = executions + 1; RETURN NULL; END $$;
-CREATE TRIGGER count_inserts AFTER INSERT ON {NS}.accounts FOR EACH STATEMENT EXECUTE FUNCTION public.count_insert();
-"""
-
-
 def test_a_streaming_sync_writes_an_object_in_quarter_batches(postgres_server) -> None:
     """One incremental object of 30,000 rows: written in the streaming sync's smaller batches (so reading
     one overlaps writing the last), in the client's one batch of up to 100,000 otherwise; the same
@@ -277,18 +268,11 @@ def test_a_streaming_sync_writes_an_object_in_quarter_batches(postgres_server) -
     with start_emulator(seed=9, rows=500) as emulator:
         for mode, url in urls.items():
             run_driver(emulator, url, "init", NS, "accounts", mode)
-            conn = postgres_server.connect(url.rsplit("/", 1)[1])
-            with conn, conn.cursor() as cur:
-                cur.execute(COUNT_INSERTS)
-            conn.close()
+            driving.count_statements(postgres_server, url, f"{NS}.accounts")
         emulator.advance(changes=changed, tables=[f"{NS}.accounts"], change_mix={"insert": 1})
         for mode, url in urls.items():
             batch_rows[mode] = run_driver(emulator, url, "sync", NS, "accounts", mode)["sync_batch_rows"]
-            conn = postgres_server.connect(url.rsplit("/", 1)[1])
-            with conn, conn.cursor() as cur:
-                cur.execute("SELECT executions FROM public.inserts")
-                executions[mode] = cur.fetchone()[0]
-            conn.close()
+            executions[mode] = driving.statement_executions(postgres_server, url)["INSERT"]
             truths[mode] = replica_truth(url, NS, "accounts")
         truth = emulator.truth(NS, "accounts")
     assert batch_rows["streaming"] < changed <= batch_rows["download_then_load"], batch_rows
