@@ -44,13 +44,16 @@ def _call(emulator: EmulatorProcess, method: str, path: str, token: str | None, 
         return json.loads(response.read())
 
 
-def _download_lines(url: str) -> int:
+def _download(url: str) -> tuple[int, int]:
+    """Rows and gunzipped bytes of one object (the bytes the client writes to ``$TMPDIR``)."""
     decompressor = zlib.decompressobj(31)
-    lines = 0
+    lines = size = 0
     with urllib.request.urlopen(url, timeout=3600) as response:
         while chunk := response.read(1 << 16):
-            lines += decompressor.decompress(chunk).count(b"\n")
-    return lines - 1  # header
+            data = decompressor.decompress(chunk)
+            lines += data.count(b"\n")
+            size += len(data)
+    return lines - 1, size  # header
 
 
 def serve_snapshot(emulator: EmulatorProcess, namespace: str, table: str) -> tuple[int, float]:
@@ -67,7 +70,7 @@ def serve_snapshot(emulator: EmulatorProcess, namespace: str, table: str) -> tup
         for obj in job["objects"]
     ]
     with ThreadPoolExecutor(4) as pool:
-        rows = sum(pool.map(_download_lines, urls))
+        rows = sum(lines for lines, _ in pool.map(_download, urls))
     return rows, time.monotonic() - started
 
 

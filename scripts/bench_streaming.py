@@ -12,9 +12,10 @@ throwaway PostgreSQL:
   replicate operator calls), which runs the child ``python -m cd2.dap_child`` with its accelerated reader
   and object streaming on (the defaults).
 
-Each arm gets its own ``$TMPDIR``, sampled every 50 ms for its peak size. The child reports its peak RSS
-(VmHWM) and its download and load phase times (the sums over objects; they overlap, so the wall can be
-less than their sum). Then the emulator changes the table, ``--sync-updates`` (default 10%) of its rows
+Each arm gets its own ``$TMPDIR``, sampled every 50 ms for its peak size; the product's peak is also
+given in units of the job's largest object as the client writes it (gunzipped). The child reports its
+peak RSS (VmHWM) and its download and load phase times (the sums over objects; they overlap, so the wall
+can be less than their sum). Then the emulator changes the table, ``--sync-updates`` (default 10%) of its rows
 updated and ``--sync-deletes`` (default 1%) hard-deleted (counts printed), and both arms sync; the same
 figures are printed.
 
@@ -47,7 +48,7 @@ os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="cd2-bench-airflow
 
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 
-from bench_emulator import _call, _download_lines  # noqa: E402
+from bench_emulator import _call, _download  # noqa: E402
 
 from local_dap.airflow_home import dap_connection, postgres_connection  # noqa: E402
 from local_dap.control import start_emulator  # noqa: E402
@@ -232,7 +233,7 @@ def report(
     stock_peak: int,
     ours: tuple,
     serving: float,
-    part_bytes: int,
+    largest_object: int,
     cpu: dict[str, CpuTime],
 ):
     seconds, peak, result, found = ours
@@ -242,7 +243,7 @@ def report(
         f"{label}: {rows:,} rows | emulator serving {serving:,.0f} rows/s (warm cache)\n"
         f"  stock dap CLI : {stock_s:7.1f} s = {rows / stock_s:9,.0f} rows/s, peak TMPDIR {stock_peak / 2**20:8.1f} MiB\n"
         f"  product task  : {seconds:7.1f} s = {rows / seconds:9,.0f} rows/s, peak TMPDIR {peak / 2**20:8.1f} MiB "
-        f"({peak / part_bytes:.2f} objects of {part_bytes / 2**20:.1f} MiB), child peak RSS {result.peak_rss_mb} MB\n"
+        f"({peak / largest_object:.2f}x the largest object, {largest_object / 2**20:.1f} MiB), child peak RSS {result.peak_rss_mb} MB\n"
         f"  ratio product/stock: {stock_s / seconds:.1f}x | {objects} objects: download {download_s:.1f} s, "
         f"load {load_s:.1f} s, child wall {result.duration_seconds:.1f} s = {result.duration_seconds / slower:.2f}x "
         "the slower phase\n"
@@ -273,8 +274,8 @@ def main() -> None:
             server_pid = configure(pg, args.shared_buffers)
             for rows in [int(r) for r in args.rows.split(",")]:
                 with start_emulator(rows=rows, part_rows=args.part_rows) as emulator:
-                    _, generate_s = serve_snapshot(emulator, namespace, name)
-                    served, warm_s = serve_snapshot(emulator, namespace, name)
+                    _, generate_s, _ = serve_snapshot(emulator, namespace, name)
+                    served, warm_s, largest = serve_snapshot(emulator, namespace, name)
                     serving = served / warm_s
                     print(f"emulator {args.table} {rows:,} rows: first pass (generating) {served / generate_s:,.0f} "
                           f"rows/s, warm cache {serving:,.0f} rows/s", flush=True)  # fmt: skip
@@ -285,10 +286,9 @@ def main() -> None:
                     stock_s, stock_peak, ours, cpu = both_arms(
                         emulator, urls, dirs, "init", args.table, server_pid
                     )
-                    part_bytes = stock_peak / max(1, -(-rows // args.part_rows))
                     assert count(pg, f"bench_stock_{rows}", args.table) == rows
                     assert count(pg, f"bench_product_{rows}", args.table) == rows
-                    report("init", rows, stock_s, stock_peak, ours, serving, part_bytes, cpu)
+                    report("init", rows, stock_s, stock_peak, ours, serving, largest, cpu)
                     if args.skip_sync:
                         continue
                     change_mix = {"update": args.sync_updates, "delete": args.sync_deletes}
@@ -296,14 +296,13 @@ def main() -> None:
                     made = emulator.advance(changes=changes, change_mix=change_mix)["changes"][args.table]
                     since = watermark(pg, f"bench_stock_{rows}", args.table)
                     serve_incremental(emulator, namespace, name, since)  # generates and caches the parts
-                    served, warm_s = serve_incremental(emulator, namespace, name, since)
+                    served, warm_s, largest = serve_incremental(emulator, namespace, name, since)
                     print(f"sync changes made by the emulator: {made}", flush=True)
                     stock_s, stock_peak, ours, cpu = both_arms(
                         emulator, urls, dirs, "sync", args.table, server_pid
                     )
                     changed = sum(made.values())
-                    sync_part = stock_peak / max(1, -(-changed // args.part_rows))
-                    report("sync", changed, stock_s, stock_peak, ours, served / warm_s, sync_part, cpu)
+                    report("sync", changed, stock_s, stock_peak, ours, served / warm_s, largest, cpu)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -329,14 +328,15 @@ def configure(pg, shared_buffers: str) -> int:
     return int(backend.rsplit(")", 1)[1].split()[1])
 
 
-def serve_snapshot(emulator, namespace: str, name: str) -> tuple[int, float]:
+def serve_snapshot(emulator, namespace: str, name: str) -> tuple[int, float, int]:
     """Download a whole snapshot, 4 objects at a time, each URL asked for just before its download
     (the emulator's signed URLs expire after 15 minutes, sooner than a first pass over 5M rows)."""
     return serve_incremental(emulator, namespace, name, None)
 
 
-def serve_incremental(emulator, namespace: str, name: str, since: str | None) -> tuple[int, float]:
-    """Download the incremental since ``since`` as the client will ask for it; rows and seconds."""
+def serve_incremental(emulator, namespace: str, name: str, since: str | None) -> tuple[int, float, int]:
+    """Download the incremental since ``since`` as the client will ask for it; rows, seconds and the
+    largest object's gunzipped bytes."""
     token = _call(emulator, "POST", "/ids/auth/login", None, form="grant_type=client_credentials")[
         "access_token"
     ]
@@ -345,14 +345,12 @@ def serve_incremental(emulator, namespace: str, name: str, since: str | None) ->
     job = _call(emulator, "POST", f"/dap/query/{namespace}/table/{name}/data", token, query)
     job = _call(emulator, "GET", f"/dap/job/{job['id']}", token)
 
-    def download(obj: dict) -> int:
-        return _download_lines(
-            _call(emulator, "POST", "/dap/object/url", token, [obj])["urls"][obj["id"]]["url"]
-        )
+    def download(obj: dict) -> tuple[int, int]:
+        return _download(_call(emulator, "POST", "/dap/object/url", token, [obj])["urls"][obj["id"]]["url"])
 
     with ThreadPoolExecutor(4) as pool:
-        rows = sum(pool.map(download, job["objects"]))
-    return rows, time.monotonic() - started
+        objects = list(pool.map(download, job["objects"]))
+    return sum(rows for rows, _ in objects), time.monotonic() - started, max(size for _, size in objects)
 
 
 def watermark(pg, database: str, table: str) -> str:
