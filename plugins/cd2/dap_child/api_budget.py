@@ -91,19 +91,19 @@ def retry_after_seconds(value: str | None) -> float:
 
 async def ensure_schema(conn: asyncpg.Connection) -> None:
     """Create the product's schema and the pacer's tables once, safely against concurrent children."""
-    async with locks.schema_lock(conn):
-        await conn.execute(
-            f"""
-            CREATE SCHEMA IF NOT EXISTS {PRODUCT_SCHEMA};
-            CREATE TABLE IF NOT EXISTS {PRODUCT_SCHEMA}.api_calls (
-                client_key text NOT NULL, endpoint text NOT NULL, called_at timestamptz NOT NULL);
-            CREATE INDEX IF NOT EXISTS api_calls_window
-                ON {PRODUCT_SCHEMA}.api_calls (client_key, endpoint, called_at);
-            CREATE TABLE IF NOT EXISTS {PRODUCT_SCHEMA}.api_backoff (
-                client_key text NOT NULL, endpoint text NOT NULL, until timestamptz NOT NULL,
-                PRIMARY KEY (client_key, endpoint));
-            """
-        )
+    await locks.shared_ddl(
+        conn,
+        f"""
+        CREATE SCHEMA IF NOT EXISTS {PRODUCT_SCHEMA};
+        CREATE TABLE IF NOT EXISTS {PRODUCT_SCHEMA}.api_calls (
+            client_key text NOT NULL, endpoint text NOT NULL, called_at timestamptz NOT NULL);
+        CREATE INDEX IF NOT EXISTS api_calls_window
+            ON {PRODUCT_SCHEMA}.api_calls (client_key, endpoint, called_at);
+        CREATE TABLE IF NOT EXISTS {PRODUCT_SCHEMA}.api_backoff (
+            client_key text NOT NULL, endpoint text NOT NULL, until timestamptz NOT NULL,
+            PRIMARY KEY (client_key, endpoint));
+        """,
+    )
 
 
 class Pacer:

@@ -23,7 +23,8 @@ logger = logging.getLogger(__name__)
 
 # Two-int4 advisory lock key spaces, so ours never collide with an application's single-bigint locks.
 TABLE_LOCK_CLASS = 0x43443254  # "CD2T"
-# Shared-schema DDL (``CREATE SCHEMA IF NOT EXISTS`` races when run concurrently).
+# Shared-schema DDL: concurrent ``CREATE ... IF NOT EXISTS`` of one object fail on the catalog's unique
+# index when the first creation is not committed yet.
 SCHEMA_LOCK_CLASS = 0x4344324D  # "CD2M"
 POLL_SECONDS = 1.0
 # PostgreSQL truncates application_name to 63 bytes.
@@ -94,3 +95,12 @@ async def schema_lock(conn: asyncpg.Connection) -> AsyncIterator[None]:
         yield
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1, 0)", SCHEMA_LOCK_CLASS)
+
+
+async def shared_ddl(conn: asyncpg.Connection, statements: str) -> None:
+    """Run ``CREATE ... IF NOT EXISTS`` ``statements`` on shared schemas one session at a time, committed
+    before the lock is let go (inside a caller's transaction the next session would still collide)."""
+    if conn.is_in_transaction():
+        raise RuntimeError("shared DDL must be committed before its lock is released: not in a transaction")
+    async with schema_lock(conn):
+        await conn.execute(statements)

@@ -176,6 +176,7 @@ async def replicate_table(job: TableJob) -> TableResult:
         async with _pacer(job), _client() as session:
             replicator = SQLReplicator(session, DatabaseConnection(url))
             await version_upgrade(replicator, lock_conn)
+            await views.ensure_table(lock_conn)
             # Views saved by a run that died between saving and recreating them.
             await views.restore(lock_conn, ref)
             before = await read_table_state(lock_conn, ref.namespace, ref.name)

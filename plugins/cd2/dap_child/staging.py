@@ -29,7 +29,7 @@ from dap.replicator import meta_schema
 from dap.replicator.sql_op import get_module_for_namespace
 
 from cd2.contract import TableRef
-from cd2.dap_child import views
+from cd2.dap_child import locks, views
 from cd2.dap_child.client_version import CLIENT_DISTRIBUTION, installed_version
 from cd2.dap_child.quoting import qualified, quote_ident
 
@@ -85,6 +85,7 @@ async def swap_in(conn: asyncpg.Connection, ref: TableRef, stage: Stage) -> list
 
     Returns the views that could not be recreated (kept in :data:`views.SAVED_VIEWS` for a person).
     """
+    await locks.shared_ddl(conn, f"CREATE SCHEMA IF NOT EXISTS {quote_ident(ref.namespace)}")
     async with conn.transaction():
         tables = await _names(
             conn,
@@ -113,7 +114,6 @@ async def swap_in(conn: asyncpg.Connection, ref: TableRef, stage: Stage) -> list
         saved = await views.save_and_drop(conn, ref, [qualified(ref.namespace, t) for t in live])
         for table in live:
             await conn.execute(f"DROP TABLE {qualified(ref.namespace, table)}")
-        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(ref.namespace)}")
         for type_name in types:
             if await conn.fetchval("SELECT to_regtype($1)", qualified(ref.namespace, type_name)):
                 await conn.execute(f"DROP TYPE {qualified(ref.namespace, type_name)}")

@@ -18,6 +18,7 @@ import logging
 import asyncpg
 
 from cd2.contract import PRODUCT_SCHEMA, TableRef
+from cd2.dap_child import locks
 from cd2.dap_child.quoting import qualified, quote_ident
 
 logger = logging.getLogger(__name__)
@@ -82,7 +83,8 @@ ORDER BY a.attnum
 
 
 async def ensure_table(conn: asyncpg.Connection) -> None:
-    await conn.execute(_CREATE_SAVED_VIEWS)
+    """Create :data:`SAVED_VIEWS` if missing; every child does, before any other function here runs."""
+    await locks.shared_ddl(conn, _CREATE_SAVED_VIEWS)
 
 
 async def _statements(conn: asyncpg.Connection, view: asyncpg.Record) -> list[str]:
@@ -128,7 +130,6 @@ async def save_and_drop(conn: asyncpg.Connection, ref: TableRef, tables: list[st
         found = await conn.fetch(_DEPENDENTS, oids) if oids else []
         if not found:
             return []
-        await ensure_table(conn)
         for view in found:
             await conn.execute(
                 f"INSERT INTO {SAVED_VIEWS} (view_schema, view_name, table_label, depth, statements, status) "
@@ -155,8 +156,6 @@ async def restore(conn: asyncpg.Connection, ref: TableRef) -> list[str]:
 
     A view that fails stays saved with its error (its dependents then fail too, and stay saved).
     """
-    if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", SAVED_VIEWS):
-        return []
     async with conn.transaction():
         await conn.execute("SET LOCAL search_path TO pg_catalog")
         saved = await conn.fetch(
@@ -194,8 +193,6 @@ async def restore(conn: asyncpg.Connection, ref: TableRef) -> list[str]:
 
 async def needing_person(conn: asyncpg.Connection, ref: TableRef) -> list[str]:
     """The views on ``ref`` that could not be recreated: ``schema.view: why``."""
-    if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", SAVED_VIEWS):
-        return []
     rows = await conn.fetch(
         f"SELECT view_schema, view_name, error FROM {SAVED_VIEWS} WHERE table_label = $1 AND status = $2 "
         "ORDER BY view_schema, view_name",

@@ -16,6 +16,7 @@ import subprocess
 import threading
 import time
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -551,3 +552,53 @@ def test_drops_never_reach_other_tables(hook, emulator, db, database_url):
     assert replica_truth(database_url, NS, "accounts") == before
     assert in_step(emulator, database_url, "accounts")
     assert not [p for p in PLUGINS.rglob("*.py") if "SQLDrop" in p.read_text()]
+
+
+# Holds every swap's first move (``ALTER ... SET SCHEMA``) inside its transaction until the test's session
+# lets go of advisory lock SWAP_GATE: a swap then sits with its earlier statements uncommitted.
+SWAP_GATE = 0x47415445
+GATE_SWAPS = f"""
+CREATE FUNCTION gate_swaps() RETURNS event_trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF current_query() ILIKE '%SET SCHEMA%' THEN PERFORM pg_advisory_xact_lock_shared({SWAP_GATE}); END IF;
+END $$;
+CREATE EVENT TRIGGER gate_swaps ON ddl_command_start EXECUTE FUNCTION gate_swaps();
+"""
+
+
+def swaps_waiting(db) -> int:
+    """Sessions waiting on a lock in a swap's move (held at the gate) or in a shared ``CREATE ... IF NOT
+    EXISTS`` (behind another session's uncommitted creation)."""
+    (count,) = query(
+        db,
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' "
+        "AND (query ILIKE '%SET SCHEMA%' OR query ILIKE '%IF NOT EXISTS%')",
+    )[0]
+    return count
+
+
+def test_two_swaps_into_one_schema_at_once_both_succeed(hook, emulator, db, database_url):
+    # Two first inits swapping into a canvas schema that does not exist yet, then two re-inits saving views
+    # into a saved_views table that does not exist yet: each CREATE ... IF NOT EXISTS once failed the second
+    # child on the catalog's unique index while the first had not committed its creation.
+    query(db, GATE_SWAPS)
+    tables = ("courses", "accounts")
+    for reinit in (False, True):
+        if reinit:
+            for table in tables:
+                query(db, f"CREATE VIEW public.v_{table} AS SELECT count(*) AS n FROM canvas.{table}")
+        query(db, "SELECT pg_advisory_lock(%s)", SWAP_GATE)
+        with in_background(partial(run, hook, Action.INIT, tables[0], reinit=reinit)) as first:
+            wait_for(lambda: swaps_waiting(db) == 1, what="the first swap held at the gate")
+            with in_background(partial(run, hook, Action.INIT, tables[1], reinit=reinit)) as second:
+                wait_for(lambda: swaps_waiting(db) == 2, what="the second swap waiting")
+                query(db, "SELECT pg_advisory_unlock(%s)", SWAP_GATE)
+        for outcome in (first, second):
+            assert "error" not in outcome, outcome["error"]
+            assert outcome["result"].outcome == "initialized" and outcome["result"].reinit == reinit
+        for table in tables:
+            assert in_step(emulator, database_url, table)
+    for table in tables:
+        assert query(db, f"SELECT n FROM public.v_{table}") == query(
+            db, f"SELECT count(*) FROM canvas.{table}"
+        )
