@@ -566,6 +566,10 @@ CREATE EVENT TRIGGER gate_swaps ON ddl_command_start EXECUTE FUNCTION gate_swaps
 """
 
 
+def open_gate(db) -> None:
+    query(db, "SELECT pg_advisory_unlock_all()")
+
+
 def swaps_waiting(db) -> int:
     """Sessions waiting on a lock in a swap's move (held at the gate) or in a shared ``CREATE ... IF NOT
     EXISTS`` (behind another session's uncommitted creation)."""
@@ -589,10 +593,15 @@ def test_two_swaps_into_one_schema_at_once_both_succeed(hook, emulator, db, data
                 query(db, f"CREATE VIEW public.v_{table} AS SELECT count(*) AS n FROM canvas.{table}")
         query(db, "SELECT pg_advisory_lock(%s)", SWAP_GATE)
         with in_background(partial(run, hook, Action.INIT, tables[0], reinit=reinit)) as first:
-            wait_for(lambda: swaps_waiting(db) == 1, what="the first swap held at the gate")
-            with in_background(partial(run, hook, Action.INIT, tables[1], reinit=reinit)) as second:
-                wait_for(lambda: swaps_waiting(db) == 2, what="the second swap waiting")
-                query(db, "SELECT pg_advisory_unlock(%s)", SWAP_GATE)
+            try:
+                wait_for(lambda: swaps_waiting(db) == 1, what="the first swap held at the gate")
+                with in_background(partial(run, hook, Action.INIT, tables[1], reinit=reinit)) as second:
+                    try:
+                        wait_for(lambda: swaps_waiting(db) == 2, what="the second swap waiting")
+                    finally:
+                        open_gate(db)
+            finally:
+                open_gate(db)  # before the first child's join, if the second never started
         for outcome in (first, second):
             assert "error" not in outcome, outcome["error"]
             assert outcome["result"].outcome == "initialized" and outcome["result"].reinit == reinit
