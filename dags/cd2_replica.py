@@ -9,7 +9,7 @@ from airflow.sdk import AssetAlias, Param, dag, task, task_group
 from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 
 from cd2.assets import TABLES_ALIAS
-from cd2.contract import DEFAULT_LOCK_WAIT_SECONDS, DEFAULT_MAX_ACTIVE_TABLES, Outcome
+from cd2.contract import DEFAULT_LOCK_WAIT_SECONDS, DEFAULT_MAX_ACTIVE_TABLES
 from cd2.dag_names import (
     CONFIG_VARIABLE,
     DAG_ID,
@@ -22,7 +22,7 @@ from cd2.dag_names import (
     TABLE_GROUP_ID,
 )
 from cd2.operators.list_tables import ListTablesOperator
-from cd2.operators.notify import NotifyRunOperator
+from cd2.operators.notify import NotifyRunOperator, why_the_run_fails
 from cd2.operators.replicate import MAP_INDEX_TEMPLATE, InitTableOperator, SyncTableOperator
 
 # DAP refreshes its data every 4 hours; MWAA sets [cd2] schedule from its configuration options
@@ -132,12 +132,10 @@ def cd2_replica():
     # all_done, not one_failed: one_failed fires on the first failed table, before notify has run.
     @task(trigger_rule="all_done", retries=0)
     def fail_if_any_table_failed(**context):
-        """Watcher: notify succeeds whatever happened; after it, this fails the run if anything failed."""
-        facts = context["ti"].xcom_pull(task_ids=NOTIFY_TASK_ID)
-        if not facts:
-            raise AirflowException("notify produced no summary (see its log)")
-        if facts["problem"] or facts["counts"][Outcome.FAILED]:
-            raise AirflowException("At least one task failed; the notification lists which and why")
+        """Watcher: after notify, fails the run if a table failed or the notification was not delivered."""
+        reason = why_the_run_fails(context["ti"].xcom_pull(task_ids=NOTIFY_TASK_ID))
+        if reason:
+            raise AirflowException(reason)
         raise AirflowSkipException("No table failed")
 
     tables >> notify

@@ -17,6 +17,7 @@ import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -34,6 +35,7 @@ class TaskInstanceRow:
     map_index: int
     label: str | None
     state: str | None
+    try_number: int = 0
 
 
 @dataclass
@@ -53,6 +55,10 @@ class DagRunResult:
     def state_of(self, task_id: str) -> str | None:
         return next(ti.state for ti in self.tasks if ti.task_id == task_id and ti.map_index == -1)
 
+    def tries(self, task_id: str) -> dict[str, int]:
+        """``{label or map index: try number}`` of one (mapped) task: how many tries it took."""
+        return {(ti.label or str(ti.map_index)): ti.try_number for ti in self.tasks if ti.task_id == task_id}
+
 
 class AirflowEnvironment:
     """An AIRFLOW_HOME in a temporary folder, migrated once; runs the Airflow CLI against it."""
@@ -63,8 +69,11 @@ class AirflowEnvironment:
         self.last_peak_rss_mb = 0.0
 
     @classmethod
-    def create(cls) -> AirflowEnvironment:
+    def create(cls, *, retry_delay: timedelta | None = None) -> AirflowEnvironment:
+        """A migrated home; ``retry_delay`` replaces every task's (see :func:`write_retry_delay_policy`)."""
         environment = cls(Path(tempfile.mkdtemp(prefix="cd2-airflow-")))
+        if retry_delay is not None:
+            write_retry_delay_policy(environment.home, retry_delay)
         environment.run(["db", "migrate"], check=True)
         return environment
 
@@ -174,7 +183,7 @@ class AirflowEnvironment:
 
     def task_instances(self, run_id: str) -> list[TaskInstanceRow]:
         rows = self._query(
-            "SELECT task_id, map_index, rendered_map_index, state FROM task_instance "
+            "SELECT task_id, map_index, rendered_map_index, state, try_number FROM task_instance "
             "WHERE dag_id = ? AND run_id = ? ORDER BY task_id, map_index",
             DAG_ID,
             run_id,
@@ -258,6 +267,21 @@ def _run_env(connections: Mapping[str, Mapping[str, Any] | str], config: Mapping
     if config is not None:
         env["AIRFLOW_VAR_CD2_CONFIG"] = json.dumps(config)
     return env
+
+
+def write_retry_delay_policy(home: Path, retry_delay: timedelta) -> None:
+    """An ``airflow_local_settings`` (``$AIRFLOW_HOME/config`` is on Airflow's path) whose task policy
+    sets every task's ``retry_delay``: whatever parses the DAG (the dag-processor, ``airflow dags test``)
+    applies it. It comes
+    before ``plugins/airflow_local_settings.py`` on the path and runs that file, as MWAA's does."""
+    (home / "config").mkdir()
+    (home / "config" / "airflow_local_settings.py").write_text(
+        "import runpy\n"
+        "from datetime import timedelta\n\n"
+        f"runpy.run_path({str(REPO_ROOT / 'plugins' / 'airflow_local_settings.py')!r})\n\n\n"
+        "def task_policy(task):\n"
+        f"    task.retry_delay = timedelta(seconds={retry_delay.total_seconds()!r})\n"
+    )
 
 
 def _wait4(process: subprocess.Popen, timeout: float):

@@ -36,7 +36,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from local_dap.airflow_home import AIRFLOW_BIN, DAG_ID, _run_env
+from local_dap.airflow_home import AIRFLOW_BIN, DAG_ID, _run_env, write_retry_delay_policy
 from local_dap.paths import DAP_PYTHON, REPO_ROOT
 from local_dap.postgres import PostgresServer
 from local_dap.processes import free_loopback_port
@@ -99,7 +99,7 @@ class Deployment:
         """
         home = Path(tempfile.mkdtemp(prefix="cd2-deployment-"))
         if retry_delay is not None:
-            _write_retry_delay_policy(home, retry_delay)
+            write_retry_delay_policy(home, retry_delay)
         database = "airflow_" + secrets.token_hex(4)
         metadata_url = server.create_database(database).replace("postgresql://", "postgresql+psycopg2://", 1)
         port = free_loopback_port()
@@ -450,20 +450,6 @@ def _headers(message: Any) -> dict[str, str]:
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args: Any, **kwargs: Any) -> None:
         return None
-
-
-def _write_retry_delay_policy(home: Path, retry_delay: timedelta) -> None:
-    """An ``airflow_local_settings`` (``$AIRFLOW_HOME/config`` is on Airflow's path) whose task policy
-    sets every task's ``retry_delay``: the dag-processor applies it when it parses the DAG. It comes
-    before ``plugins/airflow_local_settings.py`` on the path and runs that file, as MWAA's does."""
-    (home / "config").mkdir()
-    (home / "config" / "airflow_local_settings.py").write_text(
-        "import runpy\n"
-        "from datetime import timedelta\n\n"
-        f"runpy.run_path({str(REPO_ROOT / 'plugins' / 'airflow_local_settings.py')!r})\n\n\n"
-        "def task_policy(task):\n"
-        f"    task.retry_delay = timedelta(seconds={retry_delay.total_seconds()!r})\n"
-    )
 
 
 def _signal_group(process: subprocess.Popen, sig: int) -> None:

@@ -12,7 +12,8 @@ import airflow
 from tests.support import venv
 from tests.support.paths import DAP_BIN, DAP_PYTHON, REPO_ROOT
 
-TEST_RUNNER = {"pytest", "iniconfig", "pytest-timeout"}
+# What requirements/test.txt adds to the Airflow environment (the test runner and its libraries).
+TEST_RUNNER = set(venv.lock_pins(REPO_ROOT / "requirements" / "test.txt"))
 
 
 def test_dap_environment_runs_the_real_dap_cli():

@@ -12,6 +12,7 @@ from cd2.contract import (
     DEFAULT_API_LIMIT_WINDOW_SECONDS,
     DEFAULT_API_LIMITS,
     DEFAULT_FRESHNESS_HOURS,
+    DEFAULT_RATE_LIMITED_WAIT_SECONDS,
     DEFAULT_RETENTION_HOURS,
     NO_RETENTION,
     ApiEndpoint,
@@ -76,6 +77,7 @@ class Cd2Config:
     # Calls per window per endpoint (schools can get raised limits); see cd2.contract.DEFAULT_API_LIMITS.
     api_limits: tuple[tuple[str, int], ...] = tuple(sorted(DEFAULT_API_LIMITS.items()))
     api_limit_window_seconds: float = DEFAULT_API_LIMIT_WINDOW_SECONDS
+    rate_limited_wait_seconds: float = DEFAULT_RATE_LIMITED_WAIT_SECONDS
 
     @property
     def api_limits_argv(self) -> str:
@@ -92,6 +94,7 @@ _KEYS = (
     "retention_hours",
     "api_limits",
     "api_limit_window_seconds",
+    "rate_limited_wait_seconds",
 )
 # Keys that moved elsewhere, with where they went.
 _MOVED = {
@@ -145,11 +148,7 @@ def parse_config(raw: str | Mapping[str, Any] | None) -> Cd2Config:
                 f"Variable cd2_config: 'api_limits' {name!r} must be a positive integer, got {count!r}"
             )
         limits[name] = count
-    window = raw.get("api_limit_window_seconds", DEFAULT_API_LIMIT_WINDOW_SECONDS)
-    if isinstance(window, bool) or not isinstance(window, int | float) or window <= 0:
-        raise ConfigError(
-            f"Variable cd2_config: 'api_limit_window_seconds' must be a positive number, got {window!r}"
-        )
+    window = _seconds(raw, "api_limit_window_seconds", DEFAULT_API_LIMIT_WINDOW_SECONDS)
 
     return Cd2Config(
         namespaces=namespaces,
@@ -159,8 +158,18 @@ def parse_config(raw: str | Mapping[str, Any] | None) -> Cd2Config:
         freshness=_freshness(raw.get("freshness_hours")),
         retention=_retention(raw.get("retention_hours")),
         api_limits=tuple(sorted(limits.items())),
-        api_limit_window_seconds=float(window),
+        api_limit_window_seconds=window,
+        rate_limited_wait_seconds=_seconds(
+            raw, "rate_limited_wait_seconds", DEFAULT_RATE_LIMITED_WAIT_SECONDS
+        ),
     )
+
+
+def _seconds(raw: Mapping[str, Any], key: str, default: float) -> float:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigError(f"Variable cd2_config: {key!r} must be a positive number of seconds, got {value!r}")
+    return float(value)
 
 
 def _hours(value: Any, where: str) -> float:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, fields
 from enum import StrEnum
 from typing import Any, ClassVar, Self
@@ -67,7 +69,8 @@ DEFAULT_API_LIMITS: dict[str, int] = {
     ApiEndpoint.OBJECT_URLS: 200,
 }
 DEFAULT_API_LIMIT_WINDOW_SECONDS = 60.0
-# How long one call may keep waiting out 429 responses (each Retry-After honoured) before it fails.
+# How long one call may keep waiting out 429 responses (each Retry-After honoured) before it fails as
+# rate_limited; cd2_config 'rate_limited_wait_seconds' overrides it.
 DEFAULT_RATE_LIMITED_WAIT_SECONDS = 900.0
 
 
@@ -123,14 +126,72 @@ class PlannedAction(StrEnum):
 
 
 class ErrorCategory(StrEnum):
-    """Whether an Airflow retry may fix a failure."""
+    """Why a table failed, with what every consumer does about it, defined here and nowhere else.
 
-    TRANSIENT = "transient"
-    PERMANENT = "permanent"
-    UNKNOWN = "unknown"  # unforeseen: retried once, then failed
+    Like :class:`http.HTTPStatus`, each member carries its behaviour, so a category cannot exist
+    without it:
+
+    - ``retries``: the Airflow retries a failure of this category gets (``None``: the task's own
+      ``retries``). While one is left the operator raises ``AirflowException`` (Airflow retries),
+      after that ``AirflowFailException`` (the task fails at once); see :meth:`may_retry`.
+    - ``title``: how the notification and the status page name it ("failed (unforeseen): ...").
+    - ``action``: what a person does when the table still failed; the notification and the status
+      page say it, and the child ends an unforeseen error's message with it.
+    """
+
+    retries: int | None
+    title: str
+    action: str
+
+    def __new__(cls, value: str, retries: int | None, title: str, action: str) -> ErrorCategory:
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.retries = retries
+        member.title = title
+        member.action = action
+        return member
+
+    TRANSIENT = (
+        "transient",
+        None,
+        "transient",
+        "Airflow's retries did not get past it: if the next run fails the same way, look at the DAP API's "
+        "status and the network, then clear this table's table.sync (with downstream)",
+    )
+    PERMANENT = (
+        "permanent",
+        0,
+        "permanent",
+        "fix what the error names, then clear this table's table.sync (with downstream)",
+    )
+    UNKNOWN = (
+        "unknown",
+        1,
+        "unforeseen",
+        "read the traceback in the task log of this table's table.sync or table.init and report it (the "
+        "product does not recognize this error); clear table.sync (with downstream) to try again",
+    )
     # The API kept answering 429 for longer than the child waits: another consumer of the same
     # credentials is using the budget. A retry may help later; it is not a fault of this product.
-    RATE_LIMITED = "rate_limited"
+    RATE_LIMITED = (
+        "rate_limited",
+        None,
+        "rate limited",
+        "another consumer of the same DAP client id (a dap CLI on cron, another deployment) kept the API's "
+        "budget spent: stop it or give it a client id of its own; the next run catches up, or clear this "
+        "table's table.sync (with downstream)",
+    )
+
+    def may_retry(self, try_number: int) -> bool:
+        """Whether Airflow may retry a failure of this category on try ``try_number`` (1 is the first)."""
+        return self.retries is None or try_number <= self.retries
+
+    @property
+    def retried(self) -> str:
+        """The retries in words: "retried as often as the task allows", "not retried", "retried once"."""
+        if self.retries is None:
+            return "retried as often as the task allows"
+        return {0: "not retried", 1: "retried once"}.get(self.retries, f"retried {self.retries} times")
 
 
 @dataclass(frozen=True)
@@ -208,6 +269,7 @@ class ListJob(_Job):
     namespace: tuple[str, ...]
     api_limits: str = ""
     api_limit_window_seconds: float = DEFAULT_API_LIMIT_WINDOW_SECONDS
+    rate_limited_wait_seconds: float = DEFAULT_RATE_LIMITED_WAIT_SECONDS
     action: Action = Action.LIST
 
 
@@ -230,6 +292,7 @@ class TableJob(_Job):
     lock_wait_seconds: float = DEFAULT_LOCK_WAIT_SECONDS
     api_limits: str = ""
     api_limit_window_seconds: float = DEFAULT_API_LIMIT_WINDOW_SECONDS
+    rate_limited_wait_seconds: float = DEFAULT_RATE_LIMITED_WAIT_SECONDS
     reinit: bool = False
     retention_hours: float = NO_RETENTION
 
@@ -260,8 +323,38 @@ def job_from_argv(argv: list[str]) -> ListJob | TableJob:
 # -- results ------------------------------------------------------------------------------------------
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_str_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+# The checks of the plain annotations the records use (a decoded JSON value against each).
+_PLAIN_TYPES: dict[str, Callable[[Any], bool]] = {
+    "None": lambda value: value is None,
+    "str": lambda value: isinstance(value, str),
+    "bool": lambda value: isinstance(value, bool),
+    "int": lambda value: isinstance(value, int) and not isinstance(value, bool),
+    "float": _is_number,
+    "list[str]": _is_str_list,
+    "dict[str, list[str]]": lambda value: (
+        isinstance(value, dict)
+        and all(isinstance(key, str) and _is_str_list(items) for key, items in value.items())
+    ),
+}
+
+
+def _fits(annotation: str, value: Any) -> bool:
+    """Whether a decoded JSON value fits a field's annotation (enums and nested records are checked by
+    their own decoding)."""
+    return any(_PLAIN_TYPES.get(option, lambda _: True)(value) for option in annotation.split(" | "))
+
+
 class _Record:
-    """Strict JSON form: exactly the dataclass's fields, nested records decoded too."""
+    """Strict JSON form: exactly the dataclass's fields, each of its annotated type, nested records
+    decoded too."""
 
     _nested: ClassVar[dict[str, type[_Record]]] = {}
 
@@ -282,6 +375,11 @@ class _Record:
             raise ContractError(
                 f"{cls.__name__}: unknown field(s) {sorted(unknown)}, missing field(s) {sorted(missing)}"
             )
+        for field in fields(cls):  # type: ignore[arg-type]
+            if field.name in data and not _fits(field.type, data[field.name]):
+                raise ContractError(
+                    f"{cls.__name__}: field {field.name!r} must be {field.type}, got {data[field.name]!r:.100}"
+                )
         values = dict(data)
         for name, record in cls._nested.items():
             if values.get(name) is not None:

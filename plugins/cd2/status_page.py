@@ -37,10 +37,10 @@ from sqlalchemy.orm import Session
 
 from cd2.config import ConfigError, Freshness, parse_config
 from cd2.connection_string import ssl_mode_from_extra
-from cd2.contract import ContractError, Outcome, TableRef, TableResult
+from cd2.contract import ContractError, ErrorCategory, Outcome, TableRef, TableResult
 from cd2.dag_names import CONFIG_VARIABLE, DAG_ID, INIT_TASK_ID, SYNC_TASK_ID
 from cd2.hooks.dap import DapHook
-from cd2.summary import format_duration, summarize_table
+from cd2.summary import failed_kind, format_duration, summarize_table
 
 URL_PREFIX = "/cd2-status"
 # Runs looked back through for each table's last outcome (a table a run did not select keeps an older one).
@@ -71,6 +71,7 @@ class LastOutcome:
     task_id: str
     map_index: int
     error: str | None = None
+    error_category: ErrorCategory | None = None
 
 
 @dataclass(frozen=True)
@@ -87,9 +88,20 @@ class TableStatus:
     schema_version: int | None
     outcome: str | None
     error: str | None
+    error_category: ErrorCategory | None
     run_id: str | None
     task_id: str | None
     map_index: int | None
+
+    @property
+    def outcome_text(self) -> str | None:
+        """The outcome as the notification names it (``failed (unforeseen)``)."""
+        return failed_kind(self.error_category) if self.outcome == Outcome.FAILED else self.outcome
+
+    @property
+    def action(self) -> str | None:
+        """What a person does about a failed table (its error category's action)."""
+        return self.error_category.action if self.error_category and self.outcome == Outcome.FAILED else None
 
     @property
     def ui_path(self) -> str | None:
@@ -105,6 +117,8 @@ class TableStatus:
         data = asdict(self)
         data["watermark"] = self.watermark.isoformat() if self.watermark else None
         data["ui_path"] = self.ui_path
+        data["outcome_text"] = self.outcome_text
+        data["action"] = self.action
         return data
 
 
@@ -259,7 +273,9 @@ def last_outcome(
         and sync.outcome not in (Outcome.FAILED, Outcome.BUSY)
     )
     task_id = INIT_TASK_ID if by_init or sync.outcome is Outcome.INIT_NEEDED else SYNC_TASK_ID
-    return LastOutcome(label, str(summary.outcome), run_id, task_id, map_index, summary.error)
+    return LastOutcome(
+        label, str(summary.outcome), run_id, task_id, map_index, summary.error, summary.error_category
+    )
 
 
 # -- the page -------------------------------------------------------------------------------------------
@@ -290,6 +306,7 @@ def table_statuses(
                 schema_version=table.schema_version if table else None,
                 outcome=last.outcome if last else None,
                 error=last.error if last else None,
+                error_category=last.error_category if last else None,
                 run_id=last.run_id if last else None,
                 task_id=last.task_id if last else None,
                 map_index=last.map_index if last else None,
@@ -318,6 +335,7 @@ tr.stale td.lag, .problem { color: #b42318; font-weight: 600; }
 .outcome-failed { color: #b42318; font-weight: 600; }
 .outcome-busy, .outcome-running, .outcome-queued { color: #b54708; }
 .error { color: #b42318; white-space: normal; max-width: 40rem; }
+.action { color: #1a1a1a; }
 """
 
 
@@ -354,7 +372,11 @@ def render_html(statuses: Sequence[TableStatus], *, now: datetime, problems: Ite
         run = "-"
         if s.ui_path and s.run_id:
             run = f'<a href="../{html.escape(s.ui_path)}" target="_top">{html.escape(s.run_id)}</a>'
-        outcome = html.escape(s.outcome) if s.outcome else "-"
+        outcome = html.escape(s.outcome_text) if s.outcome_text else "-"
+        error = html.escape(s.error or "")
+        if s.action:
+            error += f'<br><span class="action">Action: {html.escape(s.action)}.</span>'
+
         lines.append(
             f'<tr class="{"stale" if s.stale else "fresh"}">'
             + _cell(s.table)
@@ -365,7 +387,7 @@ def render_html(statuses: Sequence[TableStatus], *, now: datetime, problems: Ite
             + _cell(s.schema_version, "num")
             + f'<td class="outcome-{html.escape(s.outcome or "none")}">{outcome}</td>'
             + f"<td>{run}</td>"
-            + _cell(s.error or "", "error")
+            + f'<td class="error">{error}</td>'
             + "</tr>"
         )
     lines += ["</tbody></table>", "</body></html>"]

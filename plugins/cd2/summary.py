@@ -1,7 +1,10 @@
-"""What a run did, table by table: merged from each table's sync and init records, and told as a message.
+"""What a run did, table by table, told as one message that fits SNS whatever the records hold.
 
 A *record* is the :class:`cd2.contract.TableResult` each table task returns (its XCom), pushed in the
-same shape when the task failed or skipped itself.
+same shape when the task failed or skipped itself. :func:`summarize_records` merges a table's two raw
+records into its :class:`TableSummary`; :func:`compose` tells every summary as a :class:`Notification`.
+Both are total: a table whose records or line cannot be read is named "could not be summarized: <why>"
+and needs a person, and the message is shortened, most telling parts kept, until it fits SNS's limits.
 """
 
 from __future__ import annotations
@@ -26,9 +29,14 @@ PLAN_WORDS = {
     PlannedAction.SYNC: "would sync",
     PlannedAction.NOTHING: "would do nothing",
 }
-# Told only when some table had them.
-OCCASIONAL_OUTCOMES = (Outcome.BUSY,)
-SUBJECT_LIMIT = 100  # SNS refuses longer subjects
+# A table whose records or line could not be read: it needs a person, and its run fails.
+UNSUMMARIZED = "unsummarized"
+# SNS: a subject "less than 100 characters long" without line breaks or control characters; the whole
+# Message (every protocol's text together) at most 256 KB.
+SUBJECT_LIMIT = 99
+MESSAGE_LIMIT_BYTES = 256 * 1024
+# Distinct warnings told (they are normally one: the target server's version).
+WARNINGS_TOLD = 10
 
 
 @dataclass(frozen=True)
@@ -36,11 +44,11 @@ class TableSummary:
     """One table's line in the notification (``table`` is its label, ``namespace.table``)."""
 
     table: str
-    outcome: Outcome
+    outcome: str  # an Outcome, or UNSUMMARIZED
     duration_seconds: float | None = None
     rows: int | None = None
     watermark: str | None = None
-    error: str | None = None
+    error: str | None = None  # UNSUMMARIZED: why
     note: str | None = None  # busy: who holds the table; views that need a person
     warning: str | None = None  # e.g. the target server is older than Instructure supports
     error_category: ErrorCategory | None = None
@@ -50,16 +58,23 @@ class TableSummary:
 
 @dataclass(frozen=True)
 class Notification:
+    """The run's message: ``text`` and ``facts`` fit SNS; ``log_text`` is the text before shortening."""
+
     subject: str
     text: str
     facts: dict[str, Any]
+    log_text: str = ""
 
     def sns_message(self) -> str:
         """The ``Message`` for ``MessageStructure=json``: text for email, the facts as JSON for SQS/Lambda."""
-        facts = json.dumps(self.facts, sort_keys=True)
-        return json.dumps(
-            {"default": self.text, "email": self.text, "sqs": facts, "lambda": facts, "https": facts}
-        )
+        return _envelope(self.text, self.facts)
+
+
+def _envelope(text: str, facts: dict[str, Any]) -> str:
+    told = json.dumps(facts, sort_keys=True, ensure_ascii=False, allow_nan=False)
+    return json.dumps(
+        {"default": text, "email": text, "sqs": told, "lambda": told, "https": told}, ensure_ascii=False
+    )
 
 
 def first_line(text: str | None) -> str | None:
@@ -87,8 +102,26 @@ def summarize_table(label: str, sync: TableResult | None, init: TableResult | No
             watermark=sync.watermark_before,
             error="init needed but did not run",
             warning=sync.server_warning,
+            error_category=ErrorCategory.UNKNOWN,
         )
     return _summary(label, Outcome.SYNCED, sync, sync)
+
+
+def summarize_records(label: Any, sync: Any, init: Any) -> TableSummary:
+    """:func:`summarize_table` from a table's raw records (its XComs, ``None`` where a task did not
+    run); a record the contract rejects, or anything else that goes wrong, is told as unsummarized."""
+    try:
+        return summarize_table(
+            str(label), *(None if raw is None else TableResult.from_dict(raw) for raw in (sync, init))
+        )
+    except Exception as error:
+        return unsummarized(label, error)
+
+
+def unsummarized(label: Any, why: BaseException | str) -> TableSummary:
+    """A table that could not be summarized, and why."""
+    reason = why if isinstance(why, str) else f"{type(why).__name__}: {why}"
+    return TableSummary(str(label), UNSUMMARIZED, error=reason)
 
 
 def _summary(label: str, outcome: Outcome, last: TableResult, *parts: TableResult) -> TableSummary:
@@ -116,15 +149,6 @@ def _note(record: TableResult) -> str | None:
     return " | ".join(notes) or None
 
 
-# What a person does about a failed table, by the error's category (the error's text says what is wrong).
-ACTIONS = {
-    ErrorCategory.PERMANENT: "fix what the error names, then clear this table's table.sync (with downstream)",
-    ErrorCategory.TRANSIENT: (
-        "Airflow's retries did not get past it: if the next run fails the same way, look at the DAP API's "
-        "status and the network, then clear this table's table.sync (with downstream)"
-    ),
-    None: "read the task log of this table's table.sync and table.init, then clear table.sync",
-}
 VIEWS_ACTION = (
     "recreate them by hand from their saved definition in cd2_replica.saved_views (the column they used "
     "changed), then delete the saved row"
@@ -133,47 +157,56 @@ STALE_ACTION = (
     "the last sync succeeded but the API has no newer data: check Instructure's status page; if this "
     "table is expected to lag, raise its freshness_hours in cd2_config"
 )
+UNSUMMARIZED_ACTION = (
+    "read the task logs of this table's table.sync and table.init: the notification could not tell "
+    "what happened to it; report this"
+)
+RUN_PROBLEM_ACTION = "fix the configuration or connection it names"
 
 
 @dataclass(frozen=True)
 class NeedsYou:
-    """One thing the product could not do alone: which table (or None for the run), what, what to do."""
+    """One thing the product could not do alone: which table (or None for the run), what, what to do.
+
+    ``kind`` says what it is ("failed (permanent)", "stale"); ``detail`` the particulars, shortened
+    first when the message must fit.
+    """
 
     table: str | None
-    problem: str
+    kind: str
+    detail: str | None
     action: str
     lag_seconds: float | None = None
 
+    def problem(self, chars: int | None = None) -> str:
+        detail = self.detail if chars is None else _shorten(self.detail, chars)
+        return ": ".join(part for part in (self.kind, detail) if part)
 
-def needs_you(
-    summaries: Sequence[TableSummary], freshness: Freshness, now: datetime, problem: str | None = None
-) -> list[NeedsYou]:
-    """Failed tables with the action to take, stale tables with their lag, and a run-level problem."""
+
+def failed_kind(category: ErrorCategory | None) -> str:
+    """How a failure is named: ``failed (permanent)``, ``failed (unforeseen)``."""
+    return f"failed ({category.title})" if category else "failed"
+
+
+def _needs_you(s: TableSummary, lag: float | None, bound_hours: float) -> list[NeedsYou]:
     items = []
-    if problem:
+    if s.outcome == UNSUMMARIZED:
+        items.append(NeedsYou(s.table, "could not be summarized", s.error, UNSUMMARIZED_ACTION))
+    elif s.outcome == Outcome.FAILED:
+        category = ErrorCategory(s.error_category) if s.error_category else ErrorCategory.UNKNOWN
+        items.append(NeedsYou(s.table, failed_kind(category), s.error, category.action, lag))
+    elif lag is not None and lag > bound_hours * 3600:
+        detail = f"data {format_duration(lag)} old, bound {bound_hours:g}h"
+        items.append(NeedsYou(s.table, "stale", detail, STALE_ACTION, lag))
+    if s.views_needing_person:
         items.append(
-            NeedsYou(None, first_line(problem) or problem, "fix the configuration or connection it names")
+            NeedsYou(
+                s.table,
+                "views that could not be recreated",
+                "; ".join(s.views_needing_person),
+                VIEWS_ACTION,
+            )
         )
-    for s in summaries:
-        lag = _lag_seconds(s.watermark, now)
-        if s.outcome is Outcome.FAILED:
-            category = f" ({s.error_category})" if s.error_category else ""
-            items.append(NeedsYou(s.table, f"failed{category}: {s.error}", ACTIONS[s.error_category], lag))
-        elif lag is not None and lag > freshness.hours_for(s.table) * 3600:
-            bound = freshness.hours_for(s.table)
-            items.append(
-                NeedsYou(
-                    s.table, f"stale: data {format_duration(lag)} old, bound {bound:g}h", STALE_ACTION, lag
-                )
-            )
-        if s.views_needing_person:
-            items.append(
-                NeedsYou(
-                    s.table,
-                    "views that could not be recreated: " + "; ".join(s.views_needing_person),
-                    VIEWS_ACTION,
-                )
-            )
     return items
 
 
@@ -204,6 +237,86 @@ def format_duration(seconds: float | None) -> str:
     )
 
 
+def _shorten(text: str | None, chars: int) -> str | None:
+    """``text`` cut to ``chars`` characters, the cut marked."""
+    if text is None or len(text) <= chars:
+        return text
+    return text[:chars] + "..."
+
+
+@dataclass(frozen=True)
+class _Told:
+    """One table as the message tells it, worked out once (and guarded) before the message is put
+    together at any level of detail."""
+
+    summary: TableSummary
+    lag: float | None
+    stale: bool
+    needs: list[NeedsYou]
+
+    def line(self, chars: int) -> str:
+        s = self.summary
+        if s.outcome == UNSUMMARIZED:
+            return f"{s.table}: could not be summarized: {_shorten(s.error, chars)}"
+        if s.plan is not None:
+            return _plan_line(s, s.plan, self.lag, chars)
+        rows = f", {s.rows} rows" if s.rows is not None else ""
+        error = f": {_shorten(s.error, chars)}" if s.error else ""
+        error += f" ({_shorten(s.note, chars)})" if s.note else ""
+        return f"{s.table}: {s.outcome} in {format_duration(s.duration_seconds)}{rows}{error}"
+
+    def facts(self, chars: int) -> dict[str, Any]:
+        told = asdict(self.summary) | {"lag_seconds": _rounded(self.lag), "stale": self.stale}
+        return {key: value if key == "table" else _shortened(value, chars) for key, value in told.items()}
+
+
+def _tell(s: TableSummary, freshness: Freshness, now: datetime) -> _Told:
+    """The table as the message tells it; a table that cannot be told is told as unsummarized."""
+    try:
+        lag = _lag_seconds(s.watermark, now)
+        bound = freshness.hours_for(s.table)
+        told = _Told(s, lag, lag is not None and lag > bound * 3600, _needs_you(s, lag, bound))
+        told.line(0), json.dumps(told.facts(0), allow_nan=False)  # what cannot be told fails here
+        return told
+    except Exception as error:
+        fallback = unsummarized(s.table, f"its line could not be told: {type(error).__name__}: {error}")
+        return _Told(fallback, None, False, _needs_you(fallback, None, 0.0))
+
+
+def _shortened(value: Any, chars: int) -> Any:
+    """Every string in ``value`` (a JSON-like value) cut to ``chars``."""
+    if isinstance(value, str):
+        return _shorten(value, chars)
+    if isinstance(value, dict):
+        return {key: _shortened(item, chars) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_shortened(item, chars) for item in value]
+    return value
+
+
+@dataclass(frozen=True)
+class _Detail:
+    """How much the message tells of each table; :data:`_DETAIL_LEVELS` are tried until one fits."""
+
+    chars: int  # the longest error, note or problem text
+    lines: int | None  # tables whose line the text lists (None: all)
+    facts: int | None  # tables and NEEDS YOU items the JSON facts list (None: all)
+    actions_once: bool = False  # each NEEDS YOU item points to its action, told once below the items
+
+
+# The JSON facts give way first (the text is what people read), then the texts, then the table lines.
+_DETAIL_LEVELS = (
+    _Detail(2000, None, None),
+    _Detail(500, None, None),
+    _Detail(500, None, 100),
+    _Detail(300, None, 20),
+    _Detail(200, 200, 20, actions_once=True),
+    _Detail(100, 50, 0, actions_once=True),
+    _Detail(40, 0, 0, actions_once=True),
+    _Detail(0, 0, 0, actions_once=True),
+)
+
+
 def compose(
     summaries: Sequence[TableSummary],
     *,
@@ -215,92 +328,158 @@ def compose(
     plan: bool = False,
 ) -> Notification:
     """The run's notification: what needs a person first (subject and opening), then counts and a line
-    per table; the same as facts.
+    per table; the same as facts. It fits SNS: shortened level by level (texts, then the tables listed,
+    each cut marked) until it does; every NEEDS YOU item stays in the text.
 
     ``problem`` reports a failure before any table ran (e.g. the table list could not be made).
     ``plan``: a plan run, told as such, with what a run would do per table instead of what was done.
     """
     freshness = freshness or Freshness()
-    attention = needs_you(summaries, freshness, now, problem)
-    counts = Counter(s.outcome for s in summaries)
-    planned = Counter(s.plan.action for s in summaries if s.plan)
-    lags = [lag for s in summaries if (lag := _lag_seconds(s.watermark, now)) is not None]
-    max_lag = max(lags) if lags else None
-    told = (PLAN_OUTCOMES if plan else OUTCOMES) + tuple(o for o in OCCASIONAL_OUTCOMES if counts[o])
-    count_text = ", ".join(f"{counts[o]} {o}" for o in told)
+    told = [_tell(s, freshness, now) for s in summaries]
+    run_problem = first_line(problem)
+    attention = [NeedsYou(None, "", run_problem, RUN_PROBLEM_ACTION)] if run_problem else []
+    attention += [item for t in told for item in t.needs]
+    counts = Counter(t.summary.outcome for t in told)
+    base = PLAN_OUTCOMES if plan else OUTCOMES
+    words = base + tuple(dict.fromkeys(o for o in counts if o not in base))
+    count_text = ", ".join(f"{counts[o]} {o}" for o in words)
+    planned = Counter(t.summary.plan.action for t in told if t.summary.plan)
     if plan:
         failed = f"{counts[Outcome.FAILED]} failed, " if counts[Outcome.FAILED] else ""
         count_text = failed + ", ".join(f"{planned[a]} {a}" for a in PlannedAction)
-    if problem:
-        status = "FAILED before any table ran"
-    elif not summaries:
-        status = "nothing to do"
-    else:
-        status = count_text
+    status = "FAILED before any table ran" if problem else "nothing to do" if not told else count_text
     prefix = "PLAN, nothing changed; " if plan else ""
     if attention:
         named = ", ".join(item.table or "the run" for item in attention)
         subject = f"{dag_id}: {prefix}NEEDS YOU ({len(attention)}: {named}); {status}"
-        lines = [f"NEEDS YOU ({len(attention)}):"]
-        lines += [
-            f"- {item.table or 'the run'}: {item.problem}. Action: {item.action}." for item in attention
-        ]
     else:
         subject = f"{dag_id}: {prefix}nothing needs you; {status}"
-        lines = ["Nothing needs you: every table replicated and is within its freshness bound."]
-        if plan:
-            lines = ["Nothing needs you: every table is within its freshness bound."]
-    if plan:
-        lines += ["", f"PLAN run {run_id} of {dag_id}: no table was changed and no job created."]
-        lines.append(f"What a run would do: {count_text}.")
-    else:
-        lines += ["", f"Run {run_id} of {dag_id}: {count_text}."]
-    if problem:
-        lines.append(f"Problem: {first_line(problem)}")
-    elif not summaries:
-        lines.append("No table matched the configuration and params: nothing to do.")
-    lines.append(
-        f"Largest data lag: {format_duration(max_lag)}" if max_lag is not None else "Largest data lag: -"
-    )
-    warnings = sorted({s.warning for s in summaries if s.warning})
-    lines += [f"Warning: {warning}" for warning in warnings]
-    lines.append("")
-    for s in summaries:
-        if s.plan is not None:
-            lines.append(_plan_line(s, s.plan, now))
-            continue
-        rows = f", {s.rows} rows" if s.rows is not None else ""
-        error = f": {s.error}" if s.error else ""
-        error += f" ({s.note})" if s.note else ""
-        lines.append(f"{s.table}: {s.outcome} in {format_duration(s.duration_seconds)}{rows}{error}")
-    facts = {
+    lags = [t.lag for t in told if t.lag is not None]
+    warnings = sorted({t.summary.warning for t in told if t.summary.warning})
+    run = _Run(dag_id, run_id, plan, run_problem, told, attention, count_text, warnings)
+    facts_common = {
         "dag_id": dag_id,
         "run_id": run_id,
         "plan": plan,
-        "counts": {o: counts[o] for o in told},
+        "counts": {o: counts[o] for o in words},
         "planned": {a: planned[a] for a in PlannedAction} if plan else None,
-        "max_lag_seconds": round(max_lag, 1) if max_lag is not None else None,
-        "problem": first_line(problem),
-        "warnings": warnings,
-        "needs_you": [asdict(item) for item in attention],
-        "tables": [
-            asdict(s)
-            | {
-                "lag_seconds": _rounded(lag := _lag_seconds(s.watermark, now)),
-                "stale": lag is not None and lag > freshness.hours_for(s.table) * 3600,
-            }
-            for s in summaries
-        ],
+        "max_lag_seconds": _rounded(max(lags)) if lags else None,
+        "run_failed": bool(problem or counts[Outcome.FAILED] or counts[UNSUMMARIZED]),
     }
-    return Notification(subject[:SUBJECT_LIMIT], "\n".join(lines) + "\n", facts)
+    log_text = run.text(_DETAIL_LEVELS[0])
+    for detail in _DETAIL_LEVELS:
+        text, facts = run.text(detail), facts_common | run.facts(detail)
+        if _fits(text, facts):
+            break
+    else:
+        text = _cut_to_fit(text, facts)
+    return Notification(_subject(subject), text, facts, log_text)
 
 
-def _plan_line(s: TableSummary, plan: TablePlan, now: datetime) -> str:
+@dataclass(frozen=True)
+class _Run:
+    """The parts of a run's message, put together at a level of detail."""
+
+    dag_id: str
+    run_id: str
+    plan: bool
+    problem: str | None
+    told: list[_Told]
+    attention: list[NeedsYou]
+    count_text: str
+    warnings: list[str]
+
+    def text(self, detail: _Detail) -> str:
+        lines = self._opening(detail)
+        if self.plan:
+            lines += [
+                "",
+                f"PLAN run {self.run_id} of {self.dag_id}: no table was changed and no job created.",
+            ]
+            lines.append(f"What a run would do: {self.count_text}.")
+        else:
+            lines += ["", f"Run {self.run_id} of {self.dag_id}: {self.count_text}."]
+        if self.problem:
+            lines.append(f"Problem: {_shorten(self.problem, max(detail.chars, 200))}")
+        elif not self.told:
+            lines.append("No table matched the configuration and params: nothing to do.")
+        lags = [t.lag for t in self.told if t.lag is not None]
+        lines.append(f"Largest data lag: {format_duration(max(lags)) if lags else '-'}")
+        lines += [f"Warning: {_shorten(w, detail.chars)}" for w in self.warnings[:WARNINGS_TOLD]]
+        if len(self.warnings) > WARNINGS_TOLD:
+            lines.append(f"... and {len(self.warnings) - WARNINGS_TOLD} more warnings (in the facts)")
+        lines.append("")
+        listed = self.told if detail.lines is None else self.told[: detail.lines]
+        lines += [t.line(detail.chars) for t in listed]
+        if len(listed) < len(self.told):
+            left = len(self.told) - len(listed)
+            lines.append(
+                f"... and {left} more tables, not listed to fit SNS: every line is in notify's task log."
+            )
+        return "\n".join(lines) + "\n"
+
+    def _opening(self, detail: _Detail) -> list[str]:
+        if not self.attention:
+            if self.plan:
+                return ["Nothing needs you: every table is within its freshness bound."]
+            return ["Nothing needs you: every table replicated and is within its freshness bound."]
+        lines = [f"NEEDS YOU ({len(self.attention)}):"]
+        if not detail.actions_once:
+            return lines + [
+                f"- {item.table or 'the run'}: {item.problem(detail.chars)}. Action: {item.action}."
+                for item in self.attention
+            ]
+        actions = {
+            action: number for number, action in enumerate(dict.fromkeys(i.action for i in self.attention), 1)
+        }
+        lines += [
+            f"- {item.table or 'the run'}: {item.problem(detail.chars)} [action {actions[item.action]}]"
+            for item in self.attention
+        ]
+        return lines + ["Actions:"] + [f"[action {number}] {action}." for action, number in actions.items()]
+
+    def facts(self, detail: _Detail) -> dict[str, Any]:
+        tables = self.told if detail.facts is None else self.told[: detail.facts]
+        items = self.attention if detail.facts is None else self.attention[: detail.facts]
+        return {
+            "problem": _shorten(self.problem, max(detail.chars, 200)),
+            "warnings": [_shorten(w, detail.chars) for w in self.warnings[: detail.facts]],
+            "needs_you": [_shortened(asdict(i) | {"problem": i.problem()}, detail.chars) for i in items],
+            "needs_you_left_out": len(self.attention) - len(items),
+            "tables": [t.facts(detail.chars) for t in tables],
+            "tables_left_out": len(self.told) - len(tables),
+        }
+
+
+def _fits(text: str, facts: dict[str, Any]) -> bool:
+    return len(_envelope(text, facts).encode()) <= MESSAGE_LIMIT_BYTES
+
+
+def _cut_to_fit(text: str, facts: dict[str, Any]) -> str:
+    """The longest start of ``text`` that fits with ``facts``, the cut said (the whole text is logged)."""
+    marker = "\n... (cut to fit SNS's 256 KB: the whole text is in notify's task log)\n"
+    low, high = 0, len(text)
+    while low < high:
+        middle = (low + high + 1) // 2
+        if _fits(text[:middle] + marker, facts):
+            low = middle
+        else:
+            high = middle - 1
+    return text[:low] + marker
+
+
+def _subject(text: str) -> str:
+    """One line of printable characters, cut to SNS's limit (the cut marked)."""
+    line = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    return line if len(line) <= SUBJECT_LIMIT else line[: SUBJECT_LIMIT - 3] + "..."
+
+
+def _plan_line(s: TableSummary, plan: TablePlan, lag: float | None, chars: int) -> str:
     """``canvas.users: would sync (initialized); watermark ..., lag ..., 30 rows, schema v1 local / v1 API``"""
     rows = "-" if plan.rows is None else str(plan.rows)
     local = "-" if plan.local_schema_version is None else f"v{plan.local_schema_version}"
     api = "-" if plan.api_schema_version is None else f"v{plan.api_schema_version}"
     return (
-        f"{s.table}: {PLAN_WORDS[plan.action]} ({plan.reason}); watermark {s.watermark or '-'}, "
-        f"lag {format_duration(_lag_seconds(s.watermark, now))}, {rows} rows, schema {local} local / {api} API"
+        f"{s.table}: {PLAN_WORDS[plan.action]} ({_shorten(plan.reason, chars)}); watermark {s.watermark or '-'}, "
+        f"lag {format_duration(lag)}, {rows} rows, schema {local} local / {api} API"
     )

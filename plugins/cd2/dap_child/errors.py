@@ -4,9 +4,9 @@ The client and pysqlsync wrap causes (every failed statement becomes ``QueryExce
 failures an ``ExceptionGroup``), so :func:`classify` looks at every exception in the chain
 (``__cause__``, ``__context__``, group members) and decides by the most telling one: its type, a
 PostgreSQL SQLSTATE, a DAP error type, an ``errno``; never by parsing message text. Each cause maps to
-transient (an Airflow retry may fix it), permanent (someone must fix something first) or unknown
-(retried once), with a sentence saying what to do. The message carries PostgreSQL's message, DETAIL,
-HINT and the failing statement (shortened), on one line, with any URL credentials removed.
+a :class:`cd2.contract.ErrorCategory` (what it means for retries and people is defined there), with a
+sentence saying what to do. The message carries PostgreSQL's message, DETAIL, HINT and the failing
+statement (shortened), on one line, with any URL credentials removed.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import aiohttp
 import asyncpg
 from dap import dap_error
+from dap.api import DAPClientError
 from pysqlsync.base import QueryException
 
 from cd2.contract import ChildError, ErrorCategory
@@ -206,6 +207,12 @@ def _rule(error: BaseException) -> tuple[ErrorCategory, str] | None:
     for error_type, category, action in _DAP_ERRORS:
         if isinstance(error, error_type):
             return category, action
+    if isinstance(error, DAPClientError):
+        # Raised (in our use) for a query job that ended failed and for an answer it could not parse.
+        return TRANSIENT, (
+            "the DAP API ended the query job as failed, or answered with something the client could not "
+            "read: the retry asks again"
+        )
     if isinstance(error, aiohttp.ClientPayloadError | aiohttp.ClientConnectionError):
         return TRANSIENT, "a download or API connection broke: the retry downloads again"
     if isinstance(error, asyncio.TimeoutError | TimeoutError):
@@ -245,7 +252,7 @@ def _decide(error: BaseException) -> _Told:
     return _Told(
         UNKNOWN,
         deepest,
-        "an unforeseen error: retried once; if it fails again, read the traceback in the task log and report it",
+        f"an unforeseen error, {UNKNOWN.retried}: {UNKNOWN.action}",
     )
 
 

@@ -123,6 +123,7 @@ def _pacer(job: ListJob | TableJob) -> api_budget.Pacer:
         _env(contract.ENV_CLIENT_ID),
         contract.parse_api_limits(job.api_limits),
         job.api_limit_window_seconds,
+        job.rate_limited_wait_seconds,
     )
     api_budget.install(pacer)
     return pacer

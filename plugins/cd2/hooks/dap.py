@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import quote
 
 from airflow.sdk import BaseHook
@@ -59,11 +59,43 @@ class _DapError:
 
 
 class DapTransientError(_DapError, AirflowException):
-    """The DAP job failed in a way a retry may fix (5xx, job processing error, connection reset)."""
+    """A DAP job failed and its category allows Airflow another try (5xx, connection reset, ...)."""
 
 
 class DapPermanentError(_DapError, AirflowFailException):
-    """The DAP job failed in a way only a fix can (credentials, account, unknown table, broken venv)."""
+    """A DAP job failed and its category allows no more tries (credentials, unknown table, ...)."""
+
+
+def airflow_error(error: ChildError, try_number: int = 1) -> DapTransientError | DapPermanentError:
+    """The exception a failure on try ``try_number`` raises: Airflow retries it while the category's
+    ``retries`` allow (:meth:`ErrorCategory.may_retry`), else the task fails at once."""
+    if error.category.may_retry(try_number):
+        return DapTransientError(error)
+    return DapPermanentError(error)
+
+
+def failure_of(error: BaseException) -> ChildError:
+    """What a table task's exception says, as a :class:`ChildError`: a DAP job's own, else by its kind
+    (``AirflowFailException``: permanent; another Airflow exception, e.g. a timeout, or a stop: transient;
+    anything else: unknown)."""
+    if isinstance(error, _DapError):
+        return error.error
+    if isinstance(error, AirflowFailException):
+        category = ErrorCategory.PERMANENT
+    elif isinstance(error, AirflowException) or not isinstance(error, Exception):
+        category = ErrorCategory.TRANSIENT
+    else:
+        category = ErrorCategory.UNKNOWN
+    text = str(error).strip()
+    return ChildError(category, type(error).__name__, text.splitlines()[0] if text else type(error).__name__)
+
+
+def raise_for_try(error: Exception, try_number: int) -> NoReturn:
+    """Raise a task's ``error`` as its category decides on try ``try_number`` (see :func:`airflow_error`)."""
+    decided = airflow_error(failure_of(error), try_number)
+    if type(decided) is type(error):
+        raise error
+    raise decided from error
 
 
 def _permanent(type_: str, message: str) -> DapPermanentError:
@@ -259,7 +291,7 @@ class DapHook(BaseHook):
         reader.join()
         payload = b"".join(result_chunks)
         if not payload.strip() and returncode < 0:
-            raise DapTransientError(
+            raise airflow_error(
                 ChildError(
                     ErrorCategory.TRANSIENT,
                     "ChildStopped",
@@ -278,7 +310,7 @@ class DapHook(BaseHook):
         return payload
 
     def _decode[R: (ListResult, TableResult)](self, kind: type[R], payload: bytes) -> R:
-        """The child's result, or its error raised by category (secrets removed from its text)."""
+        """The child's result, or its error raised as a first try's (secrets removed from its text)."""
         try:
             result = kind.from_json(payload)
         except ContractError as error:
@@ -287,10 +319,7 @@ class DapHook(BaseHook):
             ) from None
         if result.error is None:
             return result
-        error = replace(result.error, message=self.without_secrets(result.error.message))
-        if error.category in (ErrorCategory.TRANSIENT, ErrorCategory.UNKNOWN, ErrorCategory.RATE_LIMITED):
-            raise DapTransientError(error)
-        raise DapPermanentError(error)
+        raise airflow_error(replace(result.error, message=self.without_secrets(result.error.message)))
 
 
 def _read_all(fd: int, chunks: list[bytes]) -> None:

@@ -9,7 +9,7 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
 from cd2.config import ConfigError, parse_config, parse_table_param, select_tables
-from cd2.hooks.dap import DapHook
+from cd2.hooks.dap import DapHook, DapPermanentError, DapTransientError, raise_for_try
 
 
 class ListTablesOperator(BaseOperator):
@@ -42,11 +42,15 @@ class ListTablesOperator(BaseOperator):
             requested = parse_table_param(self.tables, "tables")
         except ConfigError as error:
             raise AirflowFailException(str(error)) from None
-        available = DapHook(dap_conn_id=self.dap_conn_id).list_tables(
-            list(config.namespaces),
-            api_limits=config.api_limits_argv,
-            api_limit_window_seconds=config.api_limit_window_seconds,
-        )
+        try:
+            available = DapHook(dap_conn_id=self.dap_conn_id).list_tables(
+                list(config.namespaces),
+                api_limits=config.api_limits_argv,
+                api_limit_window_seconds=config.api_limit_window_seconds,
+                rate_limited_wait_seconds=config.rate_limited_wait_seconds,
+            )
+        except (DapTransientError, DapPermanentError) as error:
+            raise_for_try(error, context["ti"].try_number)
         try:
             chosen = select_tables(
                 available, include=config.include, exclude=config.exclude, requested=requested

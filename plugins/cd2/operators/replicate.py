@@ -14,17 +14,14 @@ from cd2.config import ConfigError, matches, parse_config, parse_flag_param, par
 from cd2.contract import (
     DEFAULT_LOCK_WAIT_SECONDS,
     Action,
-    ChildError,
     ContractError,
-    ErrorCategory,
     Outcome,
     TableJob,
     TableRef,
     TableResult,
 )
-from cd2.hooks.dap import DapHook, DapPermanentError, DapTransientError
+from cd2.hooks.dap import DapHook, failure_of, raise_for_try
 from cd2.instance_names import keep_name_on_retry
-from cd2.summary import first_line
 
 # Names a mapped instance in the UI. Airflow renders it in the task, right after the task's templates
 # (before execute()) and again at the end; cd2.instance_names names it before it runs and between tries.
@@ -77,21 +74,18 @@ class _TableOperator(BaseOperator):
                 lock_wait_seconds=self.lock_wait_seconds,
                 api_limits=config.api_limits_argv,
                 api_limit_window_seconds=config.api_limit_window_seconds,
+                rate_limited_wait_seconds=config.rate_limited_wait_seconds,
                 retention_hours=config.retention.hours_for(ref.label),
             )
-            try:
-                result = self.run_job(self.hook, job)
-            except DapTransientError as error:
-                if error.error.category is ErrorCategory.UNKNOWN and context["ti"].try_number > 1:
-                    # An unforeseen error gets one retry, not all of them.
-                    raise DapPermanentError(error.error) from error
-                raise
+            result = self.run_job(self.hook, job)
         except AirflowSkipException as skip:
             self._push(context, TableResult(self.table_label, Outcome.SKIPPED, reason=str(skip)))
             raise
         except BaseException as error:
-            self._push(context, TableResult(self.table_label, Outcome.FAILED, error=_child_error(error)))
-            raise
+            self._push(context, TableResult(self.table_label, Outcome.FAILED, error=failure_of(error)))
+            if isinstance(error, Exception):
+                raise_for_try(error, context["ti"].try_number)
+            raise  # stopped (a signal, an exit): Airflow decides
         self.log.info("%s: %s", self.table_label, result)
         uri = self.hook.table_asset_uri(self.table_label)
         if emit_table_event(context, uri, result):
@@ -107,13 +101,6 @@ class _TableOperator(BaseOperator):
 
     def _push(self, context: Any, record: TableResult) -> None:
         context["ti"].xcom_push(key="return_value", value=record.to_dict())
-
-
-def _child_error(error: BaseException) -> ChildError:
-    if isinstance(error, DapTransientError | DapPermanentError):
-        return error.error
-    category = ErrorCategory.PERMANENT if isinstance(error, AirflowFailException) else ErrorCategory.TRANSIENT
-    return ChildError(category, type(error).__name__, first_line(str(error)) or type(error).__name__)
 
 
 class SyncTableOperator(_TableOperator):

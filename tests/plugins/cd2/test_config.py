@@ -49,6 +49,7 @@ def test_config_keys_are_parsed():
         ('{"api_limits": {"create_jobs": 5}}', "'create_jobs'"),
         ('{"api_limits": {"create_job": 0}}', "'create_job'"),
         ('{"api_limit_window_seconds": true}', "'api_limit_window_seconds'"),
+        ('{"rate_limited_wait_seconds": 0}', "'rate_limited_wait_seconds'"),
         ('{"sns_topic_arn": "my-topic"}', "'sns_topic_arn'"),
     ],
 )

@@ -3,10 +3,14 @@ one side has and the other lacks is an error, never a silent gap."""
 
 from __future__ import annotations
 
+import html
 import json
+from datetime import UTC, datetime
 
 import pytest
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
+from cd2.config import Freshness
 from cd2.contract import (
     Action,
     ChildError,
@@ -22,6 +26,13 @@ from cd2.contract import (
     TableResult,
     job_from_argv,
 )
+from cd2.hooks.dap import DapPermanentError, DapTransientError, airflow_error, raise_for_try
+from cd2.status_page import SYNC_TASK_ID, last_outcome, render_html, table_statuses
+from cd2.summary import compose, summarize_table
+from tests.support.paths import REPO_ROOT
+
+NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+RUN = "manual__2026-12-02T10:00:00+00:00"
 
 
 def test_table_ref_parses_labels():
@@ -86,3 +97,42 @@ def test_a_field_only_one_side_knows_is_an_error():
     with pytest.raises(ContractError, match="not JSON"):
         TableResult.from_json(b"{")
     assert json.loads(TableResult("a.b", Outcome.SKIPPED).to_json())["outcome"] == "skipped"
+
+
+@pytest.mark.parametrize("category", list(ErrorCategory))
+def test_every_error_category_has_its_behaviour_and_every_consumer_follows_it(category):
+    """A category is defined once, with all of its parts; the retry decision, the operators' exception,
+    the notification, the status page and the README's table all take them from there."""
+    assert category.retries is None or (type(category.retries) is int and category.retries >= 0)
+    assert category.title.strip() and category.action.strip() and category.retried
+
+    error = ChildError(category, "SomeError", "what happened")
+    for try_number in range(1, 6):
+        retried = category.retries is None or try_number <= category.retries
+        assert category.may_retry(try_number) is retried
+        # the hook's decision, and the operators' re-raise on this try (both ways round)
+        decided = airflow_error(error, try_number)
+        assert isinstance(decided, AirflowException) and decided.error == error
+        assert isinstance(decided, AirflowFailException) is not retried
+        for raised in (DapTransientError(error), DapPermanentError(error)):
+            with pytest.raises(AirflowException) as caught:
+                raise_for_try(raised, try_number)
+            assert isinstance(caught.value, AirflowFailException) is not retried
+            assert caught.value.error == error
+
+    label = "canvas.users"
+    record = TableResult(label, Outcome.FAILED, error=error)
+    note = compose([summarize_table(label, record, None)], dag_id="cd2_replica", run_id="r", now=NOW)
+    told = f"- {label}: failed ({category.title}): SomeError: what happened. Action: {category.action}."
+    assert told in note.text.splitlines()
+    assert note.facts["tables"][0]["error_category"] == category and note.facts["run_failed"]
+
+    last = last_outcome(RUN, 0, {SYNC_TASK_ID: (label, "failed")}, {(RUN, SYNC_TASK_ID, 0): record.to_dict()})
+    (row,) = table_statuses({}, {label: last}, Freshness(), NOW)
+    assert row.to_json()["outcome_text"] == f"failed ({category.title})"
+    assert row.to_json()["action"] == category.action
+    page = render_html([row], now=NOW)
+    assert f">failed ({html.escape(category.title)})<" in page and html.escape(category.action) in page
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert f"| `{category}` | {category.retried} | failed ({category.title}) | {category.action} |" in readme

@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cd2.config import Freshness
 from cd2.contract import ChildError, ErrorCategory, Outcome, PlannedAction, TablePlan, TableResult
-from cd2.summary import compose, summarize_table
+from cd2.summary import (
+    UNSUMMARIZED,
+    Notification,
+    TableSummary,
+    compose,
+    first_line,
+    summarize_records,
+    summarize_table,
+)
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 SYNC_OK = TableResult("canvas.a", Outcome.SYNCED, duration_seconds=2.0, rows=7,
@@ -196,3 +208,182 @@ def test_a_plan_run_says_so_and_tells_what_a_run_would_do_per_table():
     assert json.loads(json.dumps(note.facts))["tables"][2]["plan"]["action"] == "reinit"
     ordinary = compose(summaries[:1], dag_id="cd2_replica", run_id="r2", now=NOW)
     assert ordinary.facts["plan"] is False and "PLAN" not in ordinary.subject
+
+
+# -- compose is total, and fits SNS, whatever the records hold --------------------------------------------
+
+NAMESPACES = ("canvas", "canvas_logs", "catalog", "new_quizzes")
+# Labels as the API names tables: PostgreSQL identifiers (at most 63 characters) in a known namespace.
+LABELS = st.builds(
+    "{}.{}".format,
+    st.sampled_from(NAMESPACES),
+    st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789_", min_size=1, max_size=63),
+)
+# Short text of any characters, or a long run of one (up to the 20 kB of an error no one shortened).
+TEXTS = st.one_of(
+    st.text(max_size=60),
+    st.builds(lambda char, count: char * count, st.characters(), st.integers(0, 20_000)),
+)
+WATERMARKS = st.one_of(
+    st.none(),
+    st.datetimes(timezones=st.sampled_from([UTC, None])).map(lambda d: d.isoformat()),
+    st.text(max_size=30),
+)
+NUMBERS = st.one_of(st.none(), st.integers(-(2**63), 2**63), st.floats(), st.booleans(), st.text(max_size=3))
+CHILD_ERRORS = st.fixed_dictionaries(
+    {
+        "category": st.one_of(st.sampled_from(list(ErrorCategory)), st.text(max_size=8)),
+        "type": TEXTS,
+        "message": TEXTS,
+    },
+    optional={"sqlstate": st.one_of(st.none(), st.text(max_size=5))},
+)
+PLANS = st.fixed_dictionaries(
+    {"action": st.one_of(st.sampled_from(list(PlannedAction)), st.text(max_size=5)), "reason": TEXTS},
+    optional={"rows": NUMBERS, "local_schema_version": NUMBERS, "api_schema_version": NUMBERS},
+)
+VALID_RECORDS = st.fixed_dictionaries(
+    {"label": LABELS, "outcome": st.sampled_from(list(Outcome))},
+    optional={
+        "reason": st.one_of(st.none(), TEXTS),
+        "reinit": st.booleans(),
+        "rows": st.one_of(st.none(), st.integers(0, 10**12)),
+        "duration_seconds": st.one_of(st.none(), st.floats(0, 10**6)),
+        "watermark_before": WATERMARKS,
+        "watermark_after": WATERMARKS,
+        "schema_version": st.one_of(st.none(), st.integers(0, 100)),
+        "peak_rss_mb": st.one_of(st.none(), st.floats(0, 10**5)),
+        "error": st.one_of(st.none(), CHILD_ERRORS),
+        "views_needing_person": st.one_of(st.none(), st.lists(TEXTS, max_size=3)),
+        "server_warning": st.one_of(st.none(), TEXTS),
+        "plan": st.one_of(st.none(), PLANS),
+    },
+)
+RECORDS = st.one_of(
+    st.none(),
+    VALID_RECORDS,
+    VALID_RECORDS.map(lambda record: record | {"row_count": 3}),  # a field the contract does not know
+    VALID_RECORDS.map(lambda record: {k: v for k, v in record.items() if k != "outcome"}),
+    st.fixed_dictionaries({"label": LABELS, "outcome": st.just("synced"), "rows": NUMBERS}),  # mistyped
+    st.dictionaries(st.text(max_size=8), NUMBERS, max_size=3),
+    NUMBERS,
+    st.lists(NUMBERS, max_size=3),
+)
+SNS_SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+
+
+def check_fits_sns(note: Notification) -> dict:
+    """SNS's limits: one printable line of a subject under 100 characters; the whole message (every
+    protocol's part) within 256 KB; every part valid JSON where JSON is promised. Returns the facts."""
+    assert len(note.subject) <= 99 and note.subject.isprintable(), note.subject
+    message = note.sns_message()
+    assert len(message.encode()) <= 256 * 1024
+
+    def no_constants(name: str):
+        raise AssertionError(f"{name} is not JSON")
+
+    envelope = json.loads(message, parse_constant=no_constants)
+    assert envelope["default"] == envelope["email"] == note.text
+    assert envelope["sqs"] == envelope["lambda"] == envelope["https"]
+    facts = json.loads(envelope["sqs"], parse_constant=no_constants)
+    assert facts == json.loads(json.dumps(note.facts))
+    return facts
+
+
+def check_every_table_is_accounted_for(note: Notification, summaries, problem: str | None) -> None:
+    """Every table is in the facts or counted as left out; every failed or unsummarized one is a NEEDS
+    YOU item of the text, named; the run fails exactly when something failed."""
+    facts = note.facts
+    assert len(facts["tables"]) + facts["tables_left_out"] == len(summaries)
+    opening = note.text.split("\n\n")[0].splitlines()
+    needing = len(facts["needs_you"]) + facts["needs_you_left_out"]
+    assert opening[0] == (f"NEEDS YOU ({needing}):" if needing else opening[0]), opening[0]
+    assert needing == sum(line.startswith("- ") for line in opening)
+    broken = [s.table for s in summaries if s.outcome in (Outcome.FAILED, UNSUMMARIZED)]
+    for label in broken:
+        assert any(
+            line.startswith((f"- {label}: failed (", f"- {label}: could not be summarized"))
+            for line in opening
+        ), label
+    assert facts["run_failed"] is bool(first_line(problem) or broken)
+
+
+@SNS_SETTINGS
+@given(
+    tables=st.lists(st.tuples(LABELS, RECORDS, RECORDS), max_size=25),
+    problem=st.one_of(st.none(), TEXTS),
+    plan=st.booleans(),
+    bound=st.floats(0.01, 1e6),
+)
+def test_any_records_make_a_message_that_fits_sns_and_names_every_failure(tables, problem, plan, bound):
+    summaries = [summarize_records(label, sync, init) for label, sync, init in tables]
+    note = compose(
+        summaries,
+        dag_id="cd2_replica",
+        run_id="r",
+        now=NOW,
+        problem=problem,
+        freshness=Freshness(bound),
+        plan=plan,
+    )
+    check_fits_sns(note)
+    check_every_table_is_accounted_for(note, summaries, problem)
+
+
+@SNS_SETTINGS
+@given(tables=st.lists(st.tuples(st.text(max_size=40), RECORDS, RECORDS), max_size=10))
+def test_labels_of_any_text_still_make_a_message(tables):
+    summaries = [summarize_records(label, sync, init) for label, sync, init in tables]
+    note = compose(summaries, dag_id="cd2_replica", run_id="r", now=NOW)
+    assert len(check_fits_sns(note)["tables"]) + note.facts["tables_left_out"] == len(tables)
+
+
+def test_a_record_the_contract_rejects_is_named_and_needs_a_person():
+    rejected = summarize_records(
+        "canvas.users", {"label": "canvas.users", "outcome": "synced", "rows": "7"}, None
+    )
+    note = compose([rejected, summarize_table("canvas.a", SYNC_OK, None)], dag_id="d", run_id="r", now=NOW)
+    assert note.text.splitlines()[1].startswith(
+        "- canvas.users: could not be summarized: ContractError: TableResult: field 'rows' must be int | None"
+    )
+    assert "canvas.a: synced in 2s, 7 rows" in note.text
+    assert note.facts["counts"]["unsummarized"] == 1 and note.facts["run_failed"] is True
+    unreadable = compose([summarize_table("canvas.x", replace(SYNC_OK, watermark_after="yesterday"), None)],
+                         dag_id="d", run_id="r", now=NOW)  # fmt: skip
+    assert "- canvas.x: could not be summarized: its line could not be told: ValueError" in unreadable.text
+
+
+def failing(index: int, category: ErrorCategory) -> TableSummary:
+    label = f"canvas.master_courses_child_content_tags_{index:04d}"
+    error = ChildError(category, "QueryException", "ü" * 20_000)  # unicode: four times the JSON escapes
+    return summarize_table(label, TableResult(label, Outcome.FAILED, error=error), None)
+
+
+def test_a_thousand_failed_tables_with_20_kb_errors_each_keep_every_needs_you_item():
+    summaries = [failing(index, list(ErrorCategory)[index % 4]) for index in range(1000)]
+    note = compose(summaries, dag_id="cd2_replica", run_id="r", now=NOW)
+    facts = check_fits_sns(note)
+    opening = note.text.split("\n\n")[0].splitlines()
+    assert opening[0] == "NEEDS YOU (1000):"
+    for summary in summaries:
+        category = ErrorCategory(summary.error_category)
+        assert any(line.startswith(f"- {summary.table}: failed ({category.title})") for line in opening)
+    for category in ErrorCategory:  # each action told once, below the items
+        assert sum(line.endswith(f"{category.action}.") for line in opening) == 1
+    assert facts["needs_you_left_out"] + len(facts["needs_you"]) == 1000
+    assert facts["tables_left_out"] + len(facts["tables"]) == 1000 and facts["tables_left_out"] > 0
+    assert note.log_text.count("ü" * 1900) == 2000  # the log keeps each error (item and line) at length
+
+
+def test_a_thousand_healthy_tables_are_counted_and_the_cut_is_said():
+    summaries = [
+        summarize_table(f"canvas.t{index:04d}", replace(SYNC_OK, label=f"canvas.t{index:04d}"), None)
+        for index in range(1000)
+    ]
+    note = compose(summaries, dag_id="cd2_replica", run_id="r", now=NOW)
+    facts = check_fits_sns(note)
+    assert note.subject == "cd2_replica: nothing needs you; 1000 synced, 0 initialized, 0 failed, 0 skipped"
+    assert facts["counts"]["synced"] == 1000 and facts["needs_you"] == []
+    listed = sum(line.startswith("canvas.t") for line in note.text.splitlines())
+    assert listed == 1000  # the JSON facts give way first
+    assert facts["tables_left_out"] == 1000 - len(facts["tables"]) > 0

@@ -14,6 +14,7 @@ sys.path.insert(0, sys.argv[1])
 import asyncpg
 from dap import dap_error
 from pysqlsync.base import QueryException
+from dap.api import DAPClientError
 from cd2.dap_child.errors import PreviousCopyKept, classify
 
 def wrapped(cause, query="ALTER TABLE canvas.users ALTER COLUMN x TYPE bigint"):
@@ -47,6 +48,7 @@ cases = {
     "group": ExceptionGroup("1 table could not be deleted", [pg(asyncpg.InsufficientPrivilegeError, "must be owner of table users")]),
     "tls": ConnectionError('PostgreSQL server at "db:5432" rejected SSL upgrade'),
     "unknown": ValueError("something new"),
+    "job_failed": DAPClientError("Query job ended with status: failed. Please review the job logs."),
     "secret": wrapped(RuntimeError("could not reach postgresql://cd2:hunter2@db:5432/cd2"), "SELECT 1"),
     "long": wrapped(pg(asyncpg.SyntaxOrAccessError, "boom"), "INSERT INTO t VALUES " + "(1), " * 500),
 }
@@ -93,6 +95,7 @@ def test_errors_are_classified_by_their_cause_and_told_in_full():
     assert (got["group"]["category"], got["group"]["type"]) == ("permanent", "InsufficientPrivilegeError")
     assert got["tls"]["category"] == "permanent" and "sslmode" in got["tls"]["message"]
     assert got["unknown"]["category"] == "unknown" and "retried once" in got["unknown"]["message"]
+    assert (got["job_failed"]["category"], got["job_failed"]["type"]) == ("transient", "DAPClientError")
     assert "hunter2" not in got["secret"]["message"] and "cd2:***@db" in got["secret"]["message"]
     assert "\n" not in got["long"]["message"] and "..." in got["long"]["message"]
     assert len(got["long"]["message"]) < 700
