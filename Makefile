@@ -43,9 +43,13 @@ lint: $(VENV)/tools/.installed
 	$(TOOLS_BIN)/ruff check .
 	$(TOOLS_BIN)/ruff format --check .
 
+# The shape lifecycle and log history tests prove the child's work on the database, which the Airflow
+# version does not change; they run in `make test` and on the second PostgreSQL major, not here.
+AIRFLOW_ONLY_IGNORES := --ignore=tests/dags/test_lifecycle.py --ignore=tests/dags/test_log_history.py
+
 test-airflow-3.2.1:
 	$(MAKE) AIRFLOW_VERSION=3.2.1 venvs check-postgres
-	$(VENV)/airflow-3.2.1/bin/python -m pytest tests/dags
+	$(VENV)/airflow-3.2.1/bin/python -m pytest $(AIRFLOW_ONLY_IGNORES) tests/dags
 
 test-postgres: venvs check-postgres
 	$(AIRFLOW_PY) -m pytest -v $(POSTGRES_TESTS)

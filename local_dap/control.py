@@ -15,11 +15,13 @@ Usage::
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import secrets
 import subprocess
 import urllib.error
+import urllib.parse
 import urllib.request
 from base64 import b64encode
 from collections.abc import Iterator
@@ -125,9 +127,18 @@ class EmulatorProcess:
         spec = {"changes": changes, "steps": steps, "tables": tables, "change_mix": change_mix}
         return self.admin("POST", "advance", spec)
 
-    def truth(self, namespace: str, table: str) -> Truth:
-        """Row count and checksum of the table now; compare with ``truth.replica_truth``."""
-        answer = self.admin("GET", f"truth/{_path(namespace)}/{_path(table)}")
+    def truth(
+        self, namespace: str, table: str, *, everything: bool = False, since: dt.datetime | None = None
+    ) -> Truth:
+        """Row count and checksum of the table now, as the API serves it; compare with
+        ``truth.replica_truth``. ``everything``: every row ever written, with those an append-only table's
+        retention has dropped from the API (what a replica that synced all along holds); ``since``: only
+        rows written at or after it (an append-only table's ``timestamp``)."""
+        options = {"everything": "1"} if everything else {}
+        if since is not None:
+            options["since"] = since.isoformat()
+        query = f"?{urllib.parse.urlencode(options)}" if options else ""
+        answer = self.admin("GET", f"truth/{_path(namespace)}/{_path(table)}{query}")
         return Truth(answer["count"], answer["checksum"], tuple(answer["columns"]))
 
     def truth_rows(self, namespace: str, table: str) -> list[dict]:
@@ -153,8 +164,9 @@ class EmulatorProcess:
         self, namespace: str, table: str, change: str, column: str | None = None, value: str | None = None
     ) -> dict:
         """New schema version: ``add_column``, ``drop_column``, ``add_enum_value``, ``change_type``
-        (int32->int64, float32->float64, varchar(n)->text) or ``nullable`` (a required column becomes
-        optional). Returns the version and what changed."""
+        (int32->int64, float32->float64, varchar(n)->text), ``nullable`` (a required column becomes
+        optional) or ``add_lookup_column`` (an "enum or free text" column, which the client keeps in a
+        lookup table). Returns the version and what changed."""
         return self.admin(
             "POST",
             f"schema/{_path(namespace)}/{_path(table)}",
@@ -206,6 +218,7 @@ def start_emulator(
     job_polls: int = 0,
     rate_limits: bool = False,
     time_scale: float = 1.0,
+    step_seconds: int | None = None,
     cache: bool = True,
     python: Path = DAP_PYTHON,
 ) -> Iterator[EmulatorProcess]:
@@ -219,6 +232,8 @@ def start_emulator(
         args += ["--schemas", str(schemas)]
     if part_rows is not None:
         args += ["--part-rows", str(part_rows)]
+    if step_seconds is not None:
+        args += ["--step-seconds", str(step_seconds)]
     if rate_limits:
         args.append("--rate-limits")
     if not cache:

@@ -154,13 +154,13 @@ class PostgresServer:
         conn.autocommit = True
         return conn
 
-    def create_database(self, name: str) -> str:
-        """(Re)create an empty UTF-8 database and return its URL."""
+    def create_database(self, name: str, template: str = "template0") -> str:
+        """(Re)create a UTF-8 database, empty or a copy of ``template``, and return its URL."""
         conn = self.connect()
         try:
             with conn.cursor() as cur:
                 cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-                cur.execute(f"CREATE DATABASE \"{name}\" ENCODING 'UTF8' TEMPLATE template0")
+                cur.execute(f'CREATE DATABASE "{name}" ENCODING \'UTF8\' TEMPLATE "{template}"')
         finally:
             conn.close()
         return self.url(name)

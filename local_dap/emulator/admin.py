@@ -5,6 +5,8 @@ All bodies and answers are JSON. See ``fixture.EmulatorProcess`` for the Python 
 
 from __future__ import annotations
 
+import datetime as dt
+
 from aiohttp import web
 
 from local_dap.truth import TruthBuilder
@@ -12,7 +14,7 @@ from local_dap.truth import TruthBuilder
 from .encoding import to_json
 from .ratelimit import RateLimiter
 from .schema_changes import apply_change
-from .values import micros_to_datetime
+from .values import datetime_to_micros, micros_to_datetime
 
 MAX_TRUTH_ROWS = 10_000
 
@@ -72,8 +74,13 @@ def add_admin_routes(app: web.Application, emulator) -> None:
         table = source.table
         builder = TruthBuilder([c.name for c in table.all_columns])
         want_rows = request.query.get("rows") in ("1", "true")
+        everything = request.query.get("everything") in ("1", "true")
+        since = request.query.get("since")
+        oldest = datetime_to_micros(dt.datetime.fromisoformat(since)) if since else None
         rows = []
-        for record in source.snapshot(emulator.source.now, table):
+        for record in source.snapshot(emulator.source.now, table, everything=everything):
+            if oldest is not None and record.ts < oldest:
+                continue
             row = {table.key.name: record.key, **record.values}
             builder.add(row)
             if want_rows and len(rows) < MAX_TRUTH_ROWS:

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 NAMESPACES = ("canvas", "canvas_logs", "catalog", "new_quizzes")
+# Instructure's log namespace: rows are only ever added, and the API serves the last 30 days of them.
+APPEND_ONLY_NAMESPACES = ("canvas_logs",)
 UNSPECIFIED = "__dap_unspecified__"
 OVERSIZED = "__dap_oversized_truncated__"
 
@@ -112,6 +114,7 @@ def table_from_schema(namespace: str, name: str, document: dict) -> TableDef:
         columns=columns,
         version=version,
         title=props["key"].get("title", ""),
+        append_only=namespace in APPEND_ONLY_NAMESPACES,
         value_title=value.get("title", ""),
         extra={"document": schema},
     )

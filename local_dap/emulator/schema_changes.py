@@ -1,13 +1,14 @@
-"""Schema evolution the admin API can apply: add or drop a column, add an enum value, change a type, make a
-required column optional (``nullable``: NOT NULL to nullable, as Instructure announced for 40 columns)."""
+"""Schema evolution the admin API can apply: add or drop a column, add an "enum or free text" column (which
+the client stores in a lookup table of its own), add an enum value, change a type, make a required column
+optional (``nullable``: NOT NULL to nullable, as Instructure announced for 40 columns)."""
 
 from __future__ import annotations
 
 import copy
 
-from .schema import Column, TableDef, is_nested_object
+from .schema import UNSPECIFIED, Column, TableDef, is_nested_object
 
-CHANGES = ("add_column", "drop_column", "add_enum_value", "change_type", "nullable")
+CHANGES = ("add_column", "add_lookup_column", "drop_column", "add_enum_value", "change_type", "nullable")
 _PROTECTED = {"workflow_state", "state", "updated_at", "created_at"}
 _WIDER = (
     ({"type": "integer", "format": "int32"}, {"type": "integer", "format": "int64"}),
@@ -40,6 +41,18 @@ def apply_change(table: TableDef, change: str, column: str | None = None, value:
         if new.column(name) is not None:
             raise ValueError(f"column {name} already exists")
         node = {"type": "string", "maxLength": 255, "description": "Column added by a schema change."}
+        columns.append(Column(name, node, False))
+        detail = {"column": name}
+    elif change == "add_lookup_column":
+        name = column or f"added_lookup_v{new.version}"
+        if new.column(name) is not None:
+            raise ValueError(f"column {name} already exists")
+        node = {
+            # The enum holds only the "unspecified" member, as web_logs' do (with more members the 2.3.1
+            # client creates a type and a table of the same name, which PostgreSQL refuses).
+            "oneOf": [{"type": "string", "enum": [UNSPECIFIED]}, {"type": "string"}],
+            "description": "Enum or free text, added by a schema change.",
+        }
         columns.append(Column(name, node, False))
         detail = {"column": name}
     elif change == "drop_column":

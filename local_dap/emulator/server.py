@@ -320,6 +320,7 @@ class Emulator:
             job.at,
             job.since,
             job.until,
+            source.retention if source.table.append_only else None,
             hashlib.sha256(repr(job.parts[part]).encode()).hexdigest(),
         )
 

@@ -168,16 +168,23 @@ class TableSource:
         plan = self._plan(epoch, table)
         row_slots = slots(self._row_hash(index, version), plan.hashes)
         return Record(
-            ts, self.key_of(index), row_slots, plan, self._touched(table, ts, kind) if version else None
+            ts,
+            self.key_of(index),
+            row_slots,
+            plan,
+            self._touched(table, ts, kind) if version or _time_column(table) else None,
         )
 
     def _base_records(self, table: TableDef, first: int, last: int) -> Iterator[Record]:
         """:meth:`record` of unchanged base rows ``[first, last)``, which predate every schema change."""
         plan = self._plan(self.epochs[0], table)
         hashes = plan.hashes
+        stamped = _time_column(table)
         for index in range(first, last):
             row_hash = self._row_hash(index, 0)
-            yield Record(self._base_ts(row_hash), self.key_of(index), slots(row_hash, hashes), plan)
+            ts = self._base_ts(row_hash)
+            touched = {stamped: micros_to_datetime(ts)} if stamped else None
+            yield Record(ts, self.key_of(index), slots(row_hash, hashes), plan, touched)
 
     def _plan(self, epoch: SchemaEpoch, table: TableDef) -> Plan:
         """The pools rows written under ``epoch`` take ``table``'s columns from (cached)."""
@@ -195,6 +202,8 @@ class TableSource:
         """What a change sets besides its generated values: ``updated_at``, and a soft delete's state."""
         stamp = micros_to_datetime(ts)
         result: dict[str, object] = {}
+        if stamped := _time_column(table):
+            result[stamped] = stamp
         column = table.column("updated_at")
         if column is not None and column.node.get("format") == "date-time":
             result["updated_at"] = stamp
@@ -221,8 +230,19 @@ class TableSource:
             return None
         return change.ts, change.version, change.kind
 
-    def snapshot(self, at: int, table: TableDef, first: int = 0, last: int | None = None) -> Iterator[Record]:
-        """The rows alive at ``at`` with index in ``[first, last)``, in index order."""
+    def snapshot(
+        self, at: int, table: TableDef, first: int = 0, last: int | None = None, *, everything: bool = False
+    ) -> Iterator[Record]:
+        """The rows alive at ``at`` with index in ``[first, last)``, in index order. An append-only table's
+        snapshot holds only the rows inside its retention, as the API's does (``everything``: every row
+        ever written, which a replica that synced all along holds)."""
+        records = self._alive(at, table, first, last)
+        if self.table.append_only and self.retention is not None and not everything:
+            oldest = at - self.retention
+            return (record for record in records if record.ts >= oldest)
+        return records
+
+    def _alive(self, at: int, table: TableDef, first: int, last: int | None) -> Iterator[Record]:
         last = self.next_index if last is None else min(last, self.next_index)
         unchanged_from = first
         for index in sorted(i for i in self.changes if first <= i < last):
@@ -294,6 +314,13 @@ class TableSource:
             if self.state_at(index, ts + 1) is not None:
                 return index
         return None
+
+
+def _time_column(table: TableDef) -> str | None:
+    """An append-only table's ``timestamp`` column, which holds when its row was written (as web_logs'
+    request time does), so that a row's age in the replica is its age at the API."""
+    column = table.column("timestamp") if table.append_only else None
+    return "timestamp" if column is not None and column.node.get("format") == "date-time" else None
 
 
 def soft_delete_column(table: TableDef) -> str | None:

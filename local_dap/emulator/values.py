@@ -176,13 +176,16 @@ def _object(node: dict, name: str) -> Generator:
     required = set(node.get("required", []))
     parts = [(p, compile_node(n, p), p in required, name_hash(p)) for p, n in node["properties"].items()]
 
-    def generate(h: int) -> dict | None:
+    def generate(h: int) -> dict:
         result = {}
         for prop, gen, is_required, prop_hash in parts:
             cell = mix(h ^ prop_hash)
             if is_required or cell % 4:
                 result[prop] = gen(cell)
-        return result or None
+        if not result and parts:  # an object, never NULL: whether the column is NULL is the pool's choice
+            prop, gen, _, prop_hash = parts[0]
+            result[prop] = gen(mix(h ^ prop_hash))
+        return result
 
     return generate
 

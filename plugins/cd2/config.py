@@ -14,6 +14,7 @@ from cd2.contract import (
     DEFAULT_FRESHNESS_HOURS,
     DEFAULT_RATE_LIMITED_WAIT_SECONDS,
     DEFAULT_RETENTION_HOURS,
+    KEEP_EVERYTHING,
     NO_RETENTION,
     ApiEndpoint,
     TableRef,
@@ -41,11 +42,7 @@ class Freshness:
     overrides: tuple[tuple[str, float], ...] = ()
 
     def hours_for(self, label: str) -> float:
-        ref = TableRef.parse(label)
-        for pattern, hours in self.overrides:
-            if matches(pattern, ref.namespace, ref.name):
-                return hours
-        return self.default_hours
+        return _first_match(self.overrides, label, self.default_hours)
 
 
 @dataclass(frozen=True)
@@ -57,11 +54,23 @@ class Retention:
 
     def hours_for(self, label: str) -> float:
         """The table's retention in hours; ``NO_RETENTION`` when none is known."""
-        ref = TableRef.parse(label)
-        for pattern, hours in (*self.overrides, *DEFAULT_RETENTION_HOURS.items()):
-            if matches(pattern, ref.namespace, ref.name):
-                return hours
-        return NO_RETENTION
+        return _first_match((*self.overrides, *DEFAULT_RETENTION_HOURS.items()), label, NO_RETENTION)
+
+
+@dataclass(frozen=True)
+class KeepDays:
+    """How many days of a log table's rows the replica keeps, counted back from its watermark:
+    ``overrides`` (``(pattern, days)``, first match wins); ``KEEP_EVERYTHING`` for the other tables."""
+
+    overrides: tuple[tuple[str, float], ...] = ()
+
+    def days_for(self, label: str) -> float:
+        return _first_match(self.overrides, label, KEEP_EVERYTHING)
+
+
+def _first_match(overrides: Sequence[tuple[str, float]], label: str, default: float) -> float:
+    ref = TableRef.parse(label)
+    return next((value for pattern, value in overrides if matches(pattern, ref.namespace, ref.name)), default)
 
 
 @dataclass(frozen=True)
@@ -74,6 +83,7 @@ class Cd2Config:
     sns_topic_arn: str | None = None
     freshness: Freshness = Freshness()
     retention: Retention = Retention()
+    keep_days: KeepDays = KeepDays()
     # Calls per window per endpoint (schools can get raised limits); see cd2.contract.DEFAULT_API_LIMITS.
     api_limits: tuple[tuple[str, int], ...] = tuple(sorted(DEFAULT_API_LIMITS.items()))
     api_limit_window_seconds: float = DEFAULT_API_LIMIT_WINDOW_SECONDS
@@ -95,6 +105,7 @@ _KEYS = (
     "api_limits",
     "api_limit_window_seconds",
     "rate_limited_wait_seconds",
+    "keep_days",
 )
 # Keys that moved elsewhere, with where they went.
 _MOVED = {
@@ -156,7 +167,8 @@ def parse_config(raw: str | Mapping[str, Any] | None) -> Cd2Config:
         exclude=_string_list(raw, "exclude"),
         sns_topic_arn=topic or None,
         freshness=_freshness(raw.get("freshness_hours")),
-        retention=_retention(raw.get("retention_hours")),
+        retention=Retention(_per_table(raw.get("retention_hours"), "retention_hours", "hours")),
+        keep_days=KeepDays(_per_table(raw.get("keep_days"), "keep_days", "days")),
         api_limits=tuple(sorted(limits.items())),
         api_limit_window_seconds=window,
         rate_limited_wait_seconds=_seconds(
@@ -172,10 +184,14 @@ def _seconds(raw: Mapping[str, Any], key: str, default: float) -> float:
     return float(value)
 
 
-def _hours(value: Any, where: str) -> float:
+def _positive(value: Any, where: str, unit: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ConfigError(f"Variable cd2_config: {where} must be a positive number of hours, got {value!r}")
+        raise ConfigError(f"Variable cd2_config: {where} must be a positive number of {unit}, got {value!r}")
     return float(value)
+
+
+def _hours(value: Any, where: str) -> float:
+    return _positive(value, where, "hours")
 
 
 def _freshness(value: Any) -> Freshness:
@@ -195,16 +211,16 @@ def _freshness(value: Any) -> Freshness:
     return Freshness(default_hours=default, overrides=tuple(overrides))
 
 
-def _retention(value: Any) -> Retention:
-    """``{"canvas_logs.web_logs": 720, "catalog.*": 48}``: hours per table pattern."""
+def _per_table(value: Any, key: str, unit: str) -> tuple[tuple[str, float], ...]:
+    """``{"canvas_logs.web_logs": 720, "catalog.*": 48}``: a positive number per table pattern."""
     if value is None:
-        return Retention()
+        return ()
     if not isinstance(value, Mapping):
-        raise ConfigError(f"Variable cd2_config: 'retention_hours' must be an object, got {value!r}")
+        raise ConfigError(f"Variable cd2_config: {key!r} must be an object, got {value!r}")
     for pattern in value:
         if not isinstance(pattern, str) or not pattern:
-            raise ConfigError(f"Variable cd2_config: 'retention_hours' key {pattern!r} is not a table name")
-    return Retention(tuple((p, _hours(h, f"'retention_hours' {p!r}")) for p, h in value.items()))
+            raise ConfigError(f"Variable cd2_config: {key!r} key {pattern!r} is not a table name")
+    return tuple((p, _positive(v, f"{key!r} {p!r}", unit)) for p, v in value.items())
 
 
 def parse_flag_param(value: Any, name: str) -> bool:

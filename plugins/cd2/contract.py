@@ -45,8 +45,14 @@ DEFAULT_MAX_ACTIVE_TABLES = 8
 DEFAULT_RETENTION_HOURS: dict[str, float] = {"canvas_logs.web_logs": 30 * 24.0}
 # A TableJob's retention_hours when no retention is known for the table.
 NO_RETENTION = 0.0
+# A TableJob's keep_days when the replica keeps every row (cd2_config 'keep_days' bounds log tables).
+KEEP_EVERYTHING = 0.0
 # The PostgreSQL schema of the product's own state in the target database.
 PRODUCT_SCHEMA = "cd2_replica"
+# Namespaces whose tables only grow and which Instructure serves for 30 days: a re-init keeps the rows
+# the API no longer has, and 'keep_days' bounds them, by the age in TIME_COLUMN.
+APPEND_ONLY_NAMESPACES = ("canvas_logs",)
+TIME_COLUMN = "timestamp"
 
 
 class ApiEndpoint(StrEnum):
@@ -282,7 +288,8 @@ class TableJob(_Job):
 
     ``holder`` names the run to other sessions waiting for the table; ``reinit`` (init) replaces an
     initialized table, (plan) says the table is named in ``force_reinit``; ``retention_hours`` (plan)
-    is how far back the API serves the table's incremental queries (``NO_RETENTION``: no known limit).
+    is how far back the API serves the table's incremental queries (``NO_RETENTION``: no known limit);
+    ``keep_days`` (sync) bounds a log table's rows, counted back from its watermark (``KEEP_EVERYTHING``).
     """
 
     action: Action
@@ -295,6 +302,7 @@ class TableJob(_Job):
     rate_limited_wait_seconds: float = DEFAULT_RATE_LIMITED_WAIT_SECONDS
     reinit: bool = False
     retention_hours: float = NO_RETENTION
+    keep_days: float = KEEP_EVERYTHING
 
     def __post_init__(self) -> None:
         if self.action not in TABLE_ACTIONS:
@@ -432,6 +440,7 @@ class TablePlan(_Record):
     rows: int | None = None  # in the replica now (None: no table)
     local_schema_version: int | None = None
     api_schema_version: int | None = None
+    rows_kept: int | None = None  # a re-init of a log table would keep about these rows the API forgot
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "action", PlannedAction(self.action))
@@ -443,7 +452,9 @@ class TableResult(_Record):
 
     ``outcome`` is ``init_needed`` when a sync found the table uninitialized (``reinit`` when an
     initialized table must be replaced), ``failed`` with ``error`` set, ``skipped`` for an init that
-    had nothing to do, ``planned`` (with ``plan`` set) for a plan job.
+    had nothing to do, ``planned`` (with ``plan`` set) for a plan job. ``rows_kept``: a log table's
+    re-init kept these rows of the previous copy, which the API no longer serves; ``rows_pruned``: a
+    sync deleted these rows older than ``keep_days``.
     """
 
     label: str
@@ -461,6 +472,8 @@ class TableResult(_Record):
     views_needing_person: list[str] | None = None
     server_warning: str | None = None  # the target server is older than MIN_SERVER_VERSION_NUM
     plan: TablePlan | None = None
+    rows_kept: int | None = None
+    rows_pruned: int | None = None
 
     _nested: ClassVar[dict[str, type[_Record]]] = {"error": ChildError, "plan": TablePlan}
 

@@ -37,7 +37,15 @@ from sqlalchemy.orm import Session
 
 from cd2.config import ConfigError, Freshness, parse_config
 from cd2.connection_string import ssl_mode_from_extra
-from cd2.contract import ContractError, ErrorCategory, Outcome, TableRef, TableResult
+from cd2.contract import (
+    APPEND_ONLY_NAMESPACES,
+    TIME_COLUMN,
+    ContractError,
+    ErrorCategory,
+    Outcome,
+    TableRef,
+    TableResult,
+)
 from cd2.dag_names import CONFIG_VARIABLE, DAG_ID, INIT_TASK_ID, SYNC_TASK_ID
 from cd2.hooks.dap import DapHook
 from cd2.summary import failed_kind, format_duration, summarize_table
@@ -52,13 +60,15 @@ COUNT_TIMEOUT_MS = 10_000
 
 @dataclass(frozen=True)
 class ReplicaTable:
-    """A table's ``table_sync`` row and its row count (``rows_estimated``: the planner's estimate)."""
+    """A table's ``table_sync`` row and its row count (``rows_estimated``: the planner's estimate);
+    ``oldest_row``: a log table's oldest ``timestamp`` (how far back its kept history reaches)."""
 
     table: str
     watermark: datetime
     schema_version: int
     rows: int | None
     rows_estimated: bool = False
+    oldest_row: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +95,7 @@ class TableStatus:
     stale: bool
     rows: int | None
     rows_estimated: bool
+    oldest_row: datetime | None
     schema_version: int | None
     outcome: str | None
     error: str | None
@@ -116,6 +127,7 @@ class TableStatus:
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["watermark"] = self.watermark.isoformat() if self.watermark else None
+        data["oldest_row"] = self.oldest_row.isoformat() if self.oldest_row else None
         data["ui_path"] = self.ui_path
         data["outcome_text"] = self.outcome_text
         data["action"] = self.action
@@ -126,7 +138,8 @@ class TableStatus:
 
 
 def read_replica(conn: PgConnection) -> dict[str, ReplicaTable]:
-    """Every ``table_sync`` row with its table's row count, from an autocommit psycopg2 connection.
+    """Every ``table_sync`` row with its table's row count (and a log table's oldest row), from an
+    autocommit psycopg2 connection.
 
     A count that times out (``COUNT_TIMEOUT_MS``) is left unknown rather than failing the page.
     """
@@ -162,10 +175,36 @@ def read_replica(conn: PgConnection) -> dict[str, ReplicaTable]:
                     count = cur.fetchone()[0]
                 except psycopg2.errors.QueryCanceled:
                     pass
+            oldest = None
+            if estimate is not None and namespace in APPEND_ONLY_NAMESPACES:
+                oldest = _oldest_row(cur, schema, target)
             label = TableRef(namespace, table).label
-            moment = watermark if watermark.tzinfo else watermark.replace(tzinfo=UTC)  # naive UTC
-            found[label] = ReplicaTable(label, moment, version, count, estimated)
+            found[label] = ReplicaTable(label, _utc(watermark), version, count, estimated, oldest)
     return found
+
+
+def _oldest_row(cur: Any, schema: str, table: str) -> datetime | None:
+    """The table's smallest ``TIME_COLUMN``; None when it has none, is empty or the query times out."""
+    cur.execute(
+        "SELECT true FROM pg_attribute WHERE attrelid = %s::regclass AND attname = %s AND NOT attisdropped",
+        (sql.Identifier(schema, table).as_string(cur), TIME_COLUMN),
+    )
+    if cur.fetchone() is None:
+        return None
+    try:
+        cur.execute(
+            sql.SQL("SELECT min({}) FROM {}.{}").format(
+                sql.Identifier(TIME_COLUMN), sql.Identifier(schema), sql.Identifier(table)
+            )
+        )
+    except psycopg2.errors.QueryCanceled:
+        return None
+    oldest = cur.fetchone()[0]
+    return _utc(oldest) if oldest is not None else None
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)  # the client writes naive UTC
 
 
 def connect_replica(conn_id: str | None = None) -> PgConnection:
@@ -303,6 +342,7 @@ def table_statuses(
                 stale=lag is not None and lag > bound * 3600,
                 rows=table.rows if table else None,
                 rows_estimated=table.rows_estimated if table else False,
+                oldest_row=table.oldest_row if table else None,
                 schema_version=table.schema_version if table else None,
                 outcome=last.outcome if last else None,
                 error=last.error if last else None,
@@ -364,7 +404,7 @@ def render_html(statuses: Sequence[TableStatus], *, now: datetime, problems: Ite
     lines += [f'<p class="problem">{html.escape(problem)}</p>' for problem in problems]
     lines.append(
         "<table><thead><tr><th>Table</th><th>Watermark (UTC)</th><th>Lag</th><th>Bound</th>"
-        "<th>Rows</th><th>Schema</th><th>Last outcome</th><th>Run</th><th>Error</th></tr></thead><tbody>"
+        "<th>Rows</th><th>Oldest row (UTC)</th><th>Schema</th><th>Last outcome</th><th>Run</th><th>Error</th></tr></thead><tbody>"
     )
     for s in statuses:
         lag = format_duration(s.lag_seconds) if s.lag_seconds is not None else None
@@ -384,6 +424,7 @@ def render_html(statuses: Sequence[TableStatus], *, now: datetime, problems: Ite
             + _cell(f"{lag} (stale)" if s.stale else lag, "num lag")
             + _cell(f"{s.freshness_hours:,.10g}h", "num")
             + _cell(rows, "num")
+            + _cell(s.oldest_row.strftime("%Y-%m-%d %H:%M:%S") if s.oldest_row else None)
             + _cell(s.schema_version, "num")
             + f'<td class="outcome-{html.escape(s.outcome or "none")}">{outcome}</td>'
             + f"<td>{run}</td>"

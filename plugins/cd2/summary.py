@@ -54,6 +54,8 @@ class TableSummary:
     error_category: ErrorCategory | None = None
     views_needing_person: list[str] | None = None
     plan: TablePlan | None = None  # a plan run: what a run would do
+    rows_kept: int | None = None  # a log table's re-init kept these rows the API no longer serves
+    rows_pruned: int | None = None  # deleted as older than keep_days
 
 
 @dataclass(frozen=True)
@@ -139,6 +141,8 @@ def _summary(label: str, outcome: Outcome, last: TableResult, *parts: TableResul
         error_category=last.error.category if last.error else None,
         views_needing_person=last.views_needing_person,
         plan=last.plan,
+        rows_kept=last.rows_kept,
+        rows_pruned=last.rows_pruned,
     )
 
 
@@ -261,6 +265,9 @@ class _Told:
         if s.plan is not None:
             return _plan_line(s, s.plan, self.lag, chars)
         rows = f", {s.rows} rows" if s.rows is not None else ""
+        if s.rows_kept is not None:
+            rows += f", {s.rows_kept} kept from the previous copy (the API no longer serves them)"
+        rows += f", {s.rows_pruned} pruned (keep_days)" if s.rows_pruned else ""
         error = f": {_shorten(s.error, chars)}" if s.error else ""
         error += f" ({_shorten(s.note, chars)})" if s.note else ""
         return f"{s.table}: {s.outcome} in {format_duration(s.duration_seconds)}{rows}{error}"
@@ -479,7 +486,10 @@ def _plan_line(s: TableSummary, plan: TablePlan, lag: float | None, chars: int) 
     rows = "-" if plan.rows is None else str(plan.rows)
     local = "-" if plan.local_schema_version is None else f"v{plan.local_schema_version}"
     api = "-" if plan.api_schema_version is None else f"v{plan.api_schema_version}"
+    kept = (
+        f", would keep {plan.rows_kept} rows the API no longer serves" if plan.rows_kept is not None else ""
+    )
     return (
         f"{s.table}: {PLAN_WORDS[plan.action]} ({_shorten(plan.reason, chars)}); watermark {s.watermark or '-'}, "
-        f"lag {format_duration(lag)}, {rows} rows, schema {local} local / {api} API"
+        f"lag {format_duration(lag)}, {rows} rows, schema {local} local / {api} API{kept}"
     )

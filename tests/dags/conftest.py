@@ -11,6 +11,16 @@ import pytest
 from local_dap.airflow_home import AirflowEnvironment
 from tests.support.moto_server import AWS_TEST_CLIENT_KWARGS, aws_test_environment, reset
 
+# What the lifecycle test (test_lifecycle.py) covered, told in the session's summary.
+SHAPES_COVERED = pytest.StashKey[str]()
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    covered = config.stash.get(SHAPES_COVERED, None)
+    if covered:
+        terminalreporter.section("Table shapes through the lifecycle")
+        terminalreporter.write_line(covered)
+
 
 @pytest.fixture(scope="session")
 def airflow_env() -> AirflowEnvironment:

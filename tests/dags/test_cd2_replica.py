@@ -212,6 +212,7 @@ def check_a_plan_run(replica: Replica) -> None:
         assert records[label]["plan"]["reason"].startswith(reason), (label, records[label])
     assert records["canvas.users"]["plan"] | {"reason": None} == {
         "action": "sync", "reason": None, "rows": 30, "local_schema_version": 1, "api_schema_version": 1,
+        "rows_kept": None,
     }  # fmt: skip
     assert records["canvas.assignments"]["plan"]["rows"] is None
     assert records["canvas.accounts"]["plan"]["rows"] < 30  # the leftover's

@@ -58,6 +58,14 @@ class TruncatedDownloadError(Exception):
     """A download ended before its gzip stream did; downloading it again is the cure."""
 
 
+class ReadersHoldTable(Exception):
+    """Other sessions kept a transaction open on the live table for as long as a swap may wait."""
+
+
+class KeepDaysUnsupported(Exception):
+    """``cd2_config`` ``keep_days`` names a table whose rows carry no age to prune by."""
+
+
 TRANSIENT, PERMANENT, UNKNOWN = ErrorCategory.TRANSIENT, ErrorCategory.PERMANENT, ErrorCategory.UNKNOWN
 
 RECONNECT = (
@@ -190,6 +198,11 @@ def _rule(error: BaseException) -> tuple[ErrorCategory, str] | None:
         )
     if isinstance(error, LockTimeout):
         return TRANSIENT, "another run is working on this table: the retry waits for it"
+    if isinstance(error, ReadersHoldTable):
+        return TRANSIENT, (
+            "end the sessions named above (or set idle_in_transaction_session_timeout for readers); the "
+            "retry loads the table again, and readers keep the previous copy meanwhile"
+        )
     if isinstance(error, DapEnvironmentError):
         return PERMANENT, "the child process was started without its environment: check the DAP hook"
     if isinstance(error, DiskSpaceError):
@@ -197,6 +210,8 @@ def _rule(error: BaseException) -> tuple[ErrorCategory, str] | None:
             "the worker's TMPDIR cannot hold this table's next object: give the worker more disk or run "
             "fewer tables per worker (docs/deploy.md, sizing); the replica keeps its previous copy"
         )
+    if isinstance(error, KeepDaysUnsupported):
+        return PERMANENT, "remove the table from cd2_config 'keep_days' (only log tables are pruned)"
     if isinstance(error, TruncatedDownloadError):
         return TRANSIENT, "a download ended before its data did: the retry downloads it again"
     if isinstance(error, asyncpg.PostgresError):

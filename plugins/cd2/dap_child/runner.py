@@ -37,7 +37,7 @@ from cd2.contract import (
     TableRef,
     TableResult,
 )
-from cd2.dap_child import api_budget, locks, server_version, staging, views
+from cd2.dap_child import api_budget, history, locks, server_version, staging, views
 from cd2.dap_child.ddl_guard import views_kept_around_ddl
 from cd2.dap_child.errors import DapEnvironmentError, LockHeldTooLong, LockTimeout, PreviousCopyKept, classify
 from cd2.dap_child.quoting import qualified, quote_ident
@@ -158,6 +158,7 @@ class _Done:
     outcome: Outcome
     reason: str | None = None
     reinit: bool = False
+    rows_kept: int | None = None
 
 
 async def replicate_table(job: TableJob) -> TableResult:
@@ -184,8 +185,11 @@ async def replicate_table(job: TableJob) -> TableResult:
             if job.action is Action.SYNC:
                 done = await _sync(replicator, lock_conn, before, ref)
             else:
-                done = await _init(replicator, session, lock_conn, before, job.reinit, url, ref)
+                done = await _init(replicator, session, lock_conn, before, job, url)
             after = await read_table_state(lock_conn, ref.namespace, ref.name)
+            pruned = None
+            if job.keep_days and after.watermark is not None:
+                pruned, _ = await history.prune(lock_conn, ref, job.keep_days, after.watermark)
             needing = await views.needing_person(lock_conn, ref)
     finally:
         await lock_conn.close()
@@ -201,6 +205,8 @@ async def replicate_table(job: TableJob) -> TableResult:
         schema_version=after.schema_version,
         views_needing_person=needing or None,
         server_warning=server_version.found,
+        rows_kept=done.rows_kept,
+        rows_pruned=pruned,
     )
 
 
@@ -241,12 +247,12 @@ async def _init(
     session: DAPSession,
     conn: asyncpg.Connection,
     before: TableState,
-    reinit: bool,
+    job: TableJob,
     url: str,
-    ref: TableRef,
 ) -> _Done:
     """Initialize into a stage beside the live table, then swap it in (see :mod:`staging`)."""
-    if before.initialized and not reinit:
+    ref = job.ref
+    if before.initialized and not job.reinit:
         # Initialized since the sync looked (e.g. this init re-run after it succeeded): bring it current.
         logger.info("%s is already initialized; synchronizing instead", ref.label)
         async with views_kept_around_ddl(conn, ref):
@@ -265,7 +271,7 @@ async def _init(
     try:
         staged = SQLReplicator(session, staging.staging_connection(url, ref, stage))
         await staged.initialize(ref.namespace, ref.name)
-        await staging.swap_in(conn, ref, stage)
+        kept = await staging.swap_in(conn, ref, stage, job.lock_wait_seconds)
     except Exception as error:
         await _drop_stage_quietly(conn, stage)
         if before.table_exists:
@@ -274,7 +280,8 @@ async def _init(
                 "copy, its rows and its table_sync row are unchanged"
             ) from error
         raise
-    return _Done(Outcome.INITIALIZED, reinit=before.initialized)
+    kept_history = history.keeps_history(ref) and before.table_exists
+    return _Done(Outcome.INITIALIZED, reinit=before.initialized, rows_kept=kept if kept_history else None)
 
 
 async def plan_table(job: TableJob) -> TableResult:
@@ -292,15 +299,19 @@ async def plan_table(job: TableJob) -> TableResult:
         rows = None
         if state.table_exists:
             rows = await conn.fetchval(f"SELECT count(*) FROM {qualified(ref.namespace, ref.name)}")
+        now = datetime.now(UTC)
+        if holder:
+            # A run would wait for the lock, then report the table busy and leave it alone.
+            action, reason = PlannedAction.NOTHING, f"busy: worked on by {holder} since {since}"
+        else:
+            action, reason = plan_action(
+                state, api_version, forced=job.reinit, retention_hours=job.retention_hours, now=now
+            )
+        kept = None
+        if action is PlannedAction.REINIT and history.keeps_history(ref) and job.retention_hours:
+            kept = await history.rows_older_than(conn, ref, now - timedelta(hours=job.retention_hours))
     finally:
         await conn.close()
-    if holder:
-        # A run would wait for the lock, then report the table busy and leave it alone.
-        action, reason = PlannedAction.NOTHING, f"busy: worked on by {holder} since {since}"
-    else:
-        action, reason = plan_action(
-            state, api_version, forced=job.reinit, retention_hours=job.retention_hours, now=datetime.now(UTC)
-        )
     logger.info("%s: a run would %s (%s)", ref.label, action, reason)
     return TableResult(
         label=ref.label,
@@ -310,7 +321,7 @@ async def plan_table(job: TableJob) -> TableResult:
         watermark_before=_iso(state.watermark),
         schema_version=state.schema_version,
         server_warning=server_version.found,
-        plan=TablePlan(action, reason, rows, state.schema_version, api_version),
+        plan=TablePlan(action, reason, rows, state.schema_version, api_version, kept),
     )
 
 

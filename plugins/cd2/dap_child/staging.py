@@ -19,8 +19,10 @@ call that instead and delete this module. Until then, when upgrading the client,
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
+import time
 from dataclasses import dataclass
 
 import asyncpg
@@ -29,8 +31,9 @@ from dap.replicator import meta_schema
 from dap.replicator.sql_op import get_module_for_namespace
 
 from cd2.contract import TableRef
-from cd2.dap_child import locks, views
+from cd2.dap_child import history, locks, views
 from cd2.dap_child.client_version import CLIENT_DISTRIBUTION, installed_version
+from cd2.dap_child.errors import ReadersHoldTable
 from cd2.dap_child.quoting import qualified, quote_ident
 
 logger = logging.getLogger(__name__)
@@ -38,6 +41,10 @@ logger = logging.getLogger(__name__)
 VERIFIED_CLIENT_VERSIONS = frozenset({"2.3.1"})
 STAGING_PREFIX = "cd2_stage_"
 LIVE_META_SCHEMA = "instructure_dap"
+# How long one try of the swap waits for the live table. A waiting DROP makes every new reader queue
+# behind it, so a try gives up soon, lets readers through for a pause, and tries again.
+SWAP_TRY_LOCK_TIMEOUT_MS = 2000
+SWAP_PAUSE_SECONDS = 3.0
 
 
 class StagingUnsupported(RuntimeError):
@@ -80,10 +87,16 @@ async def drop_stage(conn: asyncpg.Connection, stage: Stage) -> None:
         await conn.execute(f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE")
 
 
-async def swap_in(conn: asyncpg.Connection, ref: TableRef, stage: Stage) -> list[str]:
-    """Replace ``ref``'s live tables, types and ``table_sync`` row by the staged ones, atomically.
+async def swap_in(conn: asyncpg.Connection, ref: TableRef, stage: Stage, wait_seconds: float) -> int:
+    """Replace ``ref``'s live tables, types and ``table_sync`` row by the staged ones, atomically; the
+    number of the previous copy's rows kept (a log table's history, see :mod:`history`).
 
-    Returns the views that could not be recreated (kept in :data:`views.SAVED_VIEWS` for a person).
+    The live tables are the table and the lookup tables it references (its "enum or free text"
+    columns), dropped in one statement so their foreign keys do not stand in the way; the live types
+    are the enum types their columns use. What the previous copy had and the new one has not (a lookup
+    table, an enum type of a dropped column) goes with it. A session keeping a transaction open on the
+    table or a view of it (an idle BI tool) holds the swap back, never other readers: each try waits
+    ``SWAP_TRY_LOCK_TIMEOUT_MS``; after ``wait_seconds`` of tries the swap fails naming the sessions.
     """
     await locks.shared_ddl(conn, f"CREATE SCHEMA IF NOT EXISTS {quote_ident(ref.namespace)}")
     async with conn.transaction():
@@ -108,15 +121,30 @@ async def swap_in(conn: asyncpg.Connection, ref: TableRef, stage: Stage) -> list
         )
         if row is None:
             raise RuntimeError(f"the staged initialization of {ref.label} wrote no table_sync row")
-        live = [
-            t for t in tables if await conn.fetchval("SELECT to_regclass($1)", qualified(ref.namespace, t))
-        ]
-        saved = await views.save_and_drop(conn, ref, [qualified(ref.namespace, t) for t in live])
-        for table in live:
-            await conn.execute(f"DROP TABLE {qualified(ref.namespace, table)}")
+        live_tables, live_types = await _live_family(conn, ref, tables, types)
+        kept = 0
+        main = qualified(ref.namespace, ref.name)
+        if history.keeps_history(ref) and await conn.fetchval("SELECT to_regclass($1)", main):
+            kept = await history.keep_previous_rows(conn, main, qualified(stage.data, ref.name))
+            logger.info(
+                "%s: kept %d row(s) of the previous copy that the API no longer serves", ref.label, kept
+            )
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            try:
+                async with conn.transaction():  # a savepoint: a try that times out keeps the rows kept
+                    await conn.execute(f"SET LOCAL lock_timeout = {SWAP_TRY_LOCK_TIMEOUT_MS}")
+                    saved = await views.save_and_drop(conn, ref, live_tables)
+                    if live_tables:
+                        await conn.execute(f"DROP TABLE {', '.join(live_tables)}")
+                    for type_name in live_types:
+                        await conn.execute(f"DROP TYPE {type_name}")
+                    break
+            except asyncpg.LockNotAvailableError:
+                if time.monotonic() >= deadline:
+                    raise ReadersHoldTable(await _holders(conn, ref, live_tables, wait_seconds)) from None
+                await asyncio.sleep(SWAP_PAUSE_SECONDS)
         for type_name in types:
-            if await conn.fetchval("SELECT to_regtype($1)", qualified(ref.namespace, type_name)):
-                await conn.execute(f"DROP TYPE {qualified(ref.namespace, type_name)}")
             await conn.execute(
                 f"ALTER TYPE {qualified(stage.data, type_name)} SET SCHEMA {quote_ident(ref.namespace)}"
             )
@@ -125,10 +153,72 @@ async def swap_in(conn: asyncpg.Connection, ref: TableRef, stage: Stage) -> list
                 f"ALTER TABLE {qualified(stage.data, table)} SET SCHEMA {quote_ident(ref.namespace)}"
             )
         await _write_table_sync(conn, row)
-        needing = await views.restore(conn, ref)
+        await views.restore(conn, ref)
         await drop_stage(conn, stage)
     logger.info("%s: the new copy replaced the previous one (%d view(s) kept)", ref.label, len(saved))
-    return needing
+    return kept
+
+
+_HOLDERS = """
+SELECT DISTINCT a.pid, a.usename, a.application_name, a.state, a.xact_start
+FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.granted AND l.locktype = 'relation' AND l.relation = ANY($1::oid[]) AND a.pid <> pg_backend_pid()
+ORDER BY a.xact_start
+"""
+
+
+async def _holders(conn: asyncpg.Connection, ref: TableRef, tables: list[str], waited: float) -> str:
+    """What to tell a person about the sessions holding ``tables`` or their views."""
+    oids = [await conn.fetchval("SELECT $1::regclass::oid", t) for t in tables]
+    oids += [oid for oid, _ in await views.dependents(conn, oids)]
+    sessions = [
+        f"pid {r['pid']} (user {r['usename']}, application {r['application_name'] or '-'}, {r['state']}"
+        + (f", transaction open since {r['xact_start']:%Y-%m-%d %H:%M:%S %Z})" if r["xact_start"] else ")")
+        for r in await conn.fetch(_HOLDERS, oids)
+    ]
+    return (
+        f"the new copy of {ref.label} is ready, but for {waited:g} s other sessions kept a transaction open "
+        f"on the table or its views: {'; '.join(sessions) or 'none left by now'}"
+    )
+
+
+# The live table's own lookup tables (its foreign keys' targets in its schema) and the enum types its
+# and their columns use, as qualified names.
+_LOOKUPS = """
+SELECT DISTINCT c.confrelid::regclass::text FROM pg_constraint c
+WHERE c.conrelid = $1::regclass AND c.contype = 'f'
+  AND (SELECT relnamespace FROM pg_class WHERE oid = c.confrelid) = (SELECT relnamespace FROM pg_class WHERE oid = c.conrelid)
+"""
+_ENUM_TYPES = """
+SELECT DISTINCT a.atttypid::regtype::text FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+WHERE a.attrelid = ANY($1::regclass[]) AND t.typtype = 'e' AND t.typnamespace = $2::regnamespace
+  AND a.attnum > 0 AND NOT a.attisdropped
+"""
+
+
+async def _live_family(
+    conn: asyncpg.Connection, ref: TableRef, staged_tables: list[str], staged_types: list[str]
+) -> tuple[list[str], list[str]]:
+    """The live tables and enum types the swap replaces (qualified): the table's family, and whatever
+    exists under a staged name (a leftover of an init that died part-way)."""
+    await conn.execute("SET LOCAL search_path TO pg_catalog")
+    schema = quote_ident(ref.namespace)
+    # Names as PostgreSQL prints them (regclass, regtype), so that each one compares equal to itself.
+    found = [
+        await conn.fetchval("SELECT to_regclass($1)::text", qualified(ref.namespace, t))
+        for t in staged_tables
+    ]
+    tables = [t for t in found if t]
+    main = await conn.fetchval("SELECT to_regclass($1)::text", qualified(ref.namespace, ref.name))
+    if main is not None:
+        tables += [t for t in [r[0] for r in await conn.fetch(_LOOKUPS, main)] if t not in tables]
+    types = [r[0] for r in await conn.fetch(_ENUM_TYPES, tables, schema)] if tables else []
+    for name in staged_types:
+        leftover = await conn.fetchval("SELECT to_regtype($1)::text", qualified(ref.namespace, name))
+        if leftover and leftover not in types:
+            types.append(leftover)
+    await conn.execute("RESET search_path")
+    return tables, types
 
 
 async def _names(conn: asyncpg.Connection, schema: str, query: str) -> list[str]:

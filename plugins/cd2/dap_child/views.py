@@ -119,6 +119,12 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+async def dependents(conn: asyncpg.Connection, oids: list[int]) -> list[tuple[int, str]]:
+    """The views and materialized views depending on the relations ``oids``, recursively: (oid, name)."""
+    found = await conn.fetch(_DEPENDENTS, oids) if oids else []
+    return [(r["oid"], qualified(r["nspname"], r["relname"])) for r in found]
+
+
 async def save_and_drop(conn: asyncpg.Connection, ref: TableRef, tables: list[str]) -> list[str]:
     """Save and drop every view depending on ``tables`` (qualified names); returns the views' names.
 

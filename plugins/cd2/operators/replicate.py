@@ -76,6 +76,7 @@ class _TableOperator(BaseOperator):
                 api_limit_window_seconds=config.api_limit_window_seconds,
                 rate_limited_wait_seconds=config.rate_limited_wait_seconds,
                 retention_hours=config.retention.hours_for(ref.label),
+                keep_days=config.keep_days.days_for(ref.label),
             )
             result = self.run_job(self.hook, job)
         except AirflowSkipException as skip:
@@ -107,10 +108,12 @@ class SyncTableOperator(_TableOperator):
     """Synchronize ``table_label`` (``namespace.table``) if it is initialized; else report init needed.
 
     :param table_label: ``namespace.table``.
-    :param config: the ``cd2_config`` Variable's value (for ``api_limits``, ``retention_hours``).
+    :param config: the ``cd2_config`` Variable's value (for ``api_limits``, ``retention_hours``,
+        ``keep_days``).
     :param force_reinit: tables to drop and re-initialize instead (``ns.table`` or ``table``, globs).
     :param plan: only report what a run would do (outcome ``planned``): no change, no job created.
-    :param lock_wait_seconds: how long to wait for another task instance working on the same table.
+    :param lock_wait_seconds: how long to wait for another task instance working on the same table (and
+        a re-init's swap for readers' open transactions on it).
     """
 
     template_fields: Sequence[str] = (*_TableOperator.template_fields, "force_reinit", "plan")

@@ -8,6 +8,7 @@ silent data loss that only a fresh snapshot repairs.
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 
 import pytest
@@ -169,4 +170,10 @@ def test_retention_gives_out_of_range_then_a_fresh_snapshot_works(emulator, post
     assert answer["status"] == 400 and answer["body"]["error"]["type"] == "OutOfRangeError"
     assert run_library(emulator, "drop", "canvas_logs", "web_logs", url)["ok"]
     assert run_library(emulator, "init", "canvas_logs", "web_logs", url)["ok"]
-    assert replica_truth(url, "canvas_logs", "web_logs") == emulator.truth("canvas_logs", "web_logs")
+    served = emulator.truth("canvas_logs", "web_logs")
+    assert replica_truth(url, "canvas_logs", "web_logs") == served
+    # The snapshot held exactly the retention's rows: those written in the last hour, of more ever written.
+    now = dt.datetime.fromisoformat(emulator.state()["now"])
+    last_hour = emulator.truth("canvas_logs", "web_logs", everything=True, since=now - dt.timedelta(hours=1))
+    assert last_hour == served
+    assert 0 < served.count < emulator.truth("canvas_logs", "web_logs", everything=True).count

@@ -12,7 +12,7 @@ from cd2.config import (
     parse_table_param,
     select_tables,
 )
-from cd2.contract import DEFAULT_API_LIMITS, NO_RETENTION
+from cd2.contract import DEFAULT_API_LIMITS, KEEP_EVERYTHING, NO_RETENTION
 
 AVAILABLE = {"canvas": ["accounts", "courses", "users", "user_notes"], "catalog": ["courses"]}
 
@@ -122,6 +122,21 @@ def test_retention_hours_override_the_published_retention():
 def test_bad_retention_hours_names_the_key(value):
     with pytest.raises(ConfigError, match="retention_hours"):
         parse_config({"retention_hours": value})
+
+
+def test_keep_days_bound_the_tables_their_patterns_match_first_and_keep_everything_elsewhere():
+    assert parse_config({}).keep_days.days_for("canvas_logs.web_logs") == KEEP_EVERYTHING
+    keep = parse_config({"keep_days": {"canvas_logs.web_logs": 400, "canvas_logs.*": 90.5}}).keep_days
+    days = [keep.days_for(t) for t in ("canvas_logs.web_logs", "canvas_logs.other", "canvas.users")]
+    assert days == [400, 90.5, KEEP_EVERYTHING]
+
+
+@pytest.mark.parametrize(
+    "value", [30, [30], {"canvas_logs.web_logs": 0}, {"canvas_logs.*": -1}, {"x.y": True}, {"": 30}]
+)
+def test_bad_keep_days_names_the_key(value):
+    with pytest.raises(ConfigError, match="'keep_days'"):
+        parse_config({"keep_days": value})
 
 
 def test_flag_param_is_a_boolean_or_its_text():

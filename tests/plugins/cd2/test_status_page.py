@@ -79,6 +79,26 @@ def test_read_replica_gives_each_table_sync_row_with_its_exact_count(replica, mo
         conn.close()
 
 
+def test_read_replica_gives_a_log_tables_oldest_row_and_no_oldest_row_for_other_tables(replica):
+    result = DapHook().run_table_job(TableJob(action=Action.INIT, namespace="canvas_logs", table="web_logs"))
+    assert result.outcome is Outcome.INITIALIZED
+    with psycopg2.connect(replica) as conn, conn.cursor() as cur:
+        cur.execute('SELECT min("timestamp"), count(*) FROM canvas_logs.web_logs')
+        oldest, rows = cur.fetchone()
+    assert rows > 1 and oldest is not None
+    conn = status_page.connect_replica()
+    try:
+        found = read_replica(conn)
+    finally:
+        conn.close()
+    assert found["canvas_logs.web_logs"].oldest_row == oldest.replace(tzinfo=UTC)
+    assert found["canvas.accounts"].oldest_row is None
+    statuses = table_statuses(found, {}, freshness_from_config("")[0], NOW)
+    logs = next(s for s in statuses if s.table == "canvas_logs.web_logs")
+    assert logs.to_json()["oldest_row"] == oldest.replace(tzinfo=UTC).isoformat()
+    assert f"<td>{oldest:%Y-%m-%d %H:%M:%S}</td>" in render_html(statuses, now=NOW)
+
+
 def test_read_replica_of_a_database_the_client_never_touched_is_empty(database_url):
     with psycopg2.connect(database_url) as conn:
         assert read_replica(conn) == {}

@@ -210,6 +210,37 @@ def test_a_plan_run_says_so_and_tells_what_a_run_would_do_per_table():
     assert ordinary.facts["plan"] is False and "PLAN" not in ordinary.subject
 
 
+def test_a_log_tables_reinit_says_the_rows_it_kept_and_a_sync_the_rows_it_pruned():
+    reinit = TableResult("canvas_logs.web_logs", Outcome.INITIALIZED, duration_seconds=3.0, rows=900,
+                         rows_kept=0, watermark_after="2026-01-01T10:00:00Z")  # fmt: skip
+    pruned = TableResult("canvas_logs.other_logs", Outcome.SYNCED, duration_seconds=1.0, rows=5,
+                         rows_pruned=1234, watermark_after="2026-01-01T10:00:00Z")  # fmt: skip
+    needed = TableResult("canvas_logs.web_logs", Outcome.INIT_NEEDED, duration_seconds=0.1)
+    summaries = [
+        summarize_table("canvas_logs.web_logs", needed, replace(reinit, rows_kept=0)),
+        summarize_table("canvas_logs.web_logs", needed, replace(reinit, rows_kept=812)),
+        summarize_table("canvas_logs.other_logs", pruned, None),
+        summarize_table("canvas.a", SYNC_OK, None),
+    ]
+    note = compose(summaries[1:], dag_id="cd2_replica", run_id="r", now=NOW)
+    assert "canvas_logs.web_logs: initialized in 3s, 900 rows, 812 kept from the previous copy" in note.text
+    assert "canvas_logs.other_logs: synced in 1s, 5 rows, 1234 pruned (keep_days)" in note.text
+    line_a = next(line for line in note.text.splitlines() if line.startswith("canvas.a:"))
+    assert "kept" not in line_a and "pruned" not in line_a
+    facts = {t["table"]: t for t in note.facts["tables"]}
+    assert facts["canvas_logs.web_logs"]["rows_kept"] == 812
+    assert facts["canvas_logs.other_logs"]["rows_pruned"] == 1234
+    assert ", 0 kept from the previous copy" in compose(summaries[:1], dag_id="d", run_id="r", now=NOW).text
+
+    plan = TablePlan(PlannedAction.REINIT, "force_reinit", 900, 1, 1, rows_kept=812)
+    planned = TableResult("canvas_logs.web_logs", Outcome.PLANNED, reason=plan.reason, plan=plan)
+    skipped = TableResult("canvas_logs.web_logs", Outcome.SKIPPED, reason="a plan run changes nothing")
+    note = compose([summarize_table("canvas_logs.web_logs", planned, skipped)], dag_id="d", run_id="r",
+                   now=NOW, plan=True)  # fmt: skip
+    assert "would keep 812 rows the API no longer serves" in note.text
+    assert note.facts["tables"][0]["plan"]["rows_kept"] == 812
+
+
 # -- compose is total, and fits SNS, whatever the records hold --------------------------------------------
 
 NAMESPACES = ("canvas", "canvas_logs", "catalog", "new_quizzes")

@@ -343,6 +343,67 @@ def test_the_child_sigkilled_mid_init_leaves_the_previous_copy(hook, emulator, d
 # -- PostgreSQL going away ---------------------------------------------------------------------------
 
 
+def idle_in_transaction(postgres_server, database_url: str, table: str):
+    """A reader that read ``table`` and left its transaction open (a BI tool's idle session)."""
+    conn = postgres_server.connect(database_url.rsplit("/", 1)[1])
+    conn.autocommit = False
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT count(*) FROM {NS}.{table}")
+        cur.execute("SELECT pg_backend_pid()")
+        pid = cur.fetchone()[0]
+    return conn, pid
+
+
+def test_a_reader_idle_in_a_transaction_holds_back_the_swap_but_no_other_reader(
+    hook, emulator, db, database_url, postgres_server
+):
+    run(hook, Action.INIT, "accounts")
+    emulator.advance(changes=10)
+    idle, _ = idle_in_transaction(postgres_server, database_url, "accounts")
+    reader = postgres_server.connect(database_url.rsplit("/", 1)[1])
+    try:
+        with in_background(lambda: run(hook, Action.INIT, "accounts", reinit=True)) as outcome:
+            for _ in range(3):  # three tries of the swap, each queueing readers behind its DROP a moment
+                wait_for(
+                    lambda: query(
+                        db,
+                        "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'DROP %'",
+                    ),
+                    what="the swap waiting for the idle reader",
+                )
+                with reader.cursor() as cur:
+                    # A waiting DROP queues every new reader; a swap that waited on would hang this one.
+                    cur.execute("SET statement_timeout = '60s'")
+                    cur.execute(f"SELECT count(*) FROM {NS}.accounts")
+                assert not outcome, "the swap went ahead while a reader's transaction held the table"
+            idle.commit()
+        assert outcome["result"].outcome == "initialized"
+        assert in_step(emulator, database_url, "accounts")
+    finally:
+        idle.close()
+        reader.close()
+
+
+def test_a_reader_idle_for_longer_than_the_lock_wait_fails_the_swap_naming_it(
+    hook, emulator, db, database_url, postgres_server, capfd
+):
+    run(hook, Action.INIT, "accounts")
+    emulator.advance(changes=10)
+    before = copy_state(db, database_url, "accounts")
+    idle, pid = idle_in_transaction(postgres_server, database_url, "accounts")
+    try:
+        with pytest.raises(DapTransientError, match="kept a transaction open") as error:
+            run(hook, Action.INIT, "accounts", reinit=True, lock_wait_seconds=5)
+    finally:
+        idle.close()
+    assert f"pid {pid} (user " in str(error.value) and "idle in transaction" in str(error.value)
+    assert "idle_in_transaction_session_timeout" in str(error.value)
+    assert copy_state(db, database_url, "accounts") == before and not stages(db)
+    assert_no_secret(emulator, postgres_server, *error_texts(error.value, capfd))
+    assert run(hook, Action.INIT, "accounts", reinit=True).outcome == "initialized"
+    assert in_step(emulator, database_url, "accounts")
+
+
 def test_postgres_restarted_during_an_init_copy_is_transient(
     hook, emulator, db, database_url, restartable, capfd
 ):

@@ -1,0 +1,180 @@
+"""Every table shape the emulator knows, through a replica's whole life, one DAG run per step.
+
+The shapes are the emulator's built-in tables, Instructure's schemas in ``../shared/cd2/schemas`` and the
+generated ones (:mod:`local_dap.emulator.shapes`: every column kind with every key kind, lookup tables, a
+log table). Each step is one ``airflow dags test`` run over all of them, through the product's own sync
+and init tasks: init, sync, a forced re-init, a schema change, a second schema change met by a re-init
+after "watermark too old" (so the previous copy has the old shape), and a last sync. After each step
+every table equals the emulator's truth (a log table: everything ever written, which its re-inits keep),
+and every view on a table or on one of its lookup tables still exists or is named as needing a person.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from local_dap.control import EmulatorError, start_emulator
+from local_dap.emulator.schema import APPEND_ONLY_NAMESPACES
+from local_dap.emulator.shapes import SHARED_NAMESPACE, write_schemas
+from local_dap.truth import replica_truth
+from tests.dags.conftest import SHAPES_COVERED
+from tests.dags.replica import FRESH_ENOUGH, Replica
+from tests.support.paths import SHARED_DIR
+
+# Schema changes, rotated over the tables (a change a table cannot take falls back to add_column).
+FIRST_CHANGES = (
+    "drop_column",
+    "change_type",
+    "add_enum_value",
+    "nullable",
+    "add_lookup_column",
+    "add_column",
+)
+SECOND_CHANGES = ("add_lookup_column", "add_column", "drop_column", "change_type")
+VIEWS_SCHEMA = "lifecycle_views"
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    """An emulator serving every shape; the labels of the built-in, shared and generated ones."""
+    directory = tmp_path_factory.mktemp("shapes")
+    added = write_schemas(directory, SHARED_DIR / "cd2" / "schemas")
+    with start_emulator(rows=20, schemas=directory) as emulator:
+        yield emulator, sorted(emulator.state()["tables"]), added
+
+
+class Lifecycle:
+    """The replica of every shape, the views on it, and the checks after each step."""
+
+    def __init__(self, replica: Replica, labels: list[str]) -> None:
+        self.replica, self.labels = replica, labels
+        self.views: dict[str, list[str]] = {}  # table label -> views on it or on its lookup tables
+        self.kept_views: set[str] = set()  # views on the key alone: they must survive every step
+
+    def run(self, step: str, conf: dict | None = None) -> dict:
+        config = {
+            "namespaces": sorted({label.split(".")[0] for label in self.labels}),
+            "include": self.labels,
+            "freshness_hours": FRESH_ENOUGH,
+            "api_limits": {"create_job": 1000},  # the published 5 a minute would pace the test
+        }
+        result, note = self.replica.run(config=config, conf=conf)
+        failed = {t["table"]: t["error"] for t in note["facts"]["tables"] if t["outcome"] == "failed"}
+        assert result.state == "success" and not failed, (step, failed)
+        self.check(step, note)
+        return note
+
+    def check(self, step: str, note: dict) -> None:
+        for label in self.labels:
+            namespace, table = label.split(".")
+            log = namespace in APPEND_ONLY_NAMESPACES
+            expected = self.replica.emulator.truth(namespace, table, everything=log)
+            assert replica_truth(self.replica.url, namespace, table) == expected, (step, label)
+        named = {t["table"]: " ".join(t["views_needing_person"] or []) for t in note["facts"]["tables"]}
+        with self.replica.server.connect(self.replica.database) as conn, conn.cursor() as cur:
+            for label, views in self.views.items():
+                for view in views:
+                    cur.execute("SELECT to_regclass(%s) IS NOT NULL", (view,))
+                    exists = cur.fetchone()[0]
+                    assert exists or view in named.get(label, ""), (step, label, view)
+                    assert exists or view not in self.kept_views, (step, label, view)
+
+    def create_views(self) -> None:
+        """On every table a view of its key, and one on each of its lookup tables."""
+        with self.replica.server.connect(self.replica.database) as conn, conn.cursor() as cur:
+            cur.execute(f"CREATE SCHEMA {VIEWS_SCHEMA}")
+            for label in self.labels:
+                namespace, table = label.split(".")
+                cur.execute(
+                    "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
+                    "AND a.attnum = i.indkey[0] WHERE i.indrelid = %s::regclass AND i.indisprimary",
+                    (label,),
+                )
+                (key,) = cur.fetchone()
+                view = f"{VIEWS_SCHEMA}.key_of_{namespace}_{table}"
+                cur.execute(f'CREATE VIEW {view} AS SELECT "{key}" FROM {label}')
+                self.views[label] = [view]
+                self.kept_views.add(view)
+                cur.execute(
+                    "SELECT c.confrelid::regclass::text FROM pg_constraint c "
+                    "WHERE c.conrelid = %s::regclass AND c.contype = 'f' ORDER BY 1",
+                    (label,),
+                )
+                for (lookup,) in cur.fetchall():
+                    view = f"{VIEWS_SCHEMA}.values_of_{lookup.split('.')[1]}"
+                    cur.execute(f"CREATE VIEW {view} AS SELECT value FROM {lookup}")
+                    self.views[label].append(view)
+
+    def change_schemas(self, changes: tuple[str, ...], offset: int) -> dict[str, dict]:
+        """One schema change per table, rotated; a view on each column a change drops or retypes."""
+        made = {}
+        for index, label in enumerate(self.labels):
+            namespace, table = label.split(".")
+            change = changes[(index + offset) % len(changes)]
+            try:
+                made[label] = self.replica.emulator.bump_schema(namespace, table, change)
+            except EmulatorError:
+                made[label] = self.replica.emulator.bump_schema(namespace, table, "add_column")
+            if made[label]["change"] in ("drop_column", "change_type"):
+                self.view_on_column(label, made[label]["column"])
+        return made
+
+    def view_on_column(self, label: str, column: str) -> None:
+        view = f"{VIEWS_SCHEMA}.column_of_{label.replace('.', '_')}_{len(self.views[label])}"
+        with self.replica.server.connect(self.replica.database) as conn, conn.cursor() as cur:
+            cur.execute(f'CREATE VIEW {view} AS SELECT "{column}" FROM {label}')
+        self.views[label].append(view)
+
+
+def test_every_table_shape_lives_through_init_sync_reinit_schema_changes_and_a_reinit_after_too_old(
+    airflow_env, shapes, postgres_server, sns, request
+):
+    emulator, labels, added = shapes
+    emulator.reset()
+    sns.received()
+    life = Lifecycle(Replica(airflow_env, emulator, postgres_server, sns, "lifecycle"), labels)
+    logs = [label for label in labels if label.split(".")[0] in APPEND_ONLY_NAMESPACES]
+    assert logs and any(label.startswith("canvas.shape_") for label in labels)
+
+    note = life.run("init")
+    assert note["facts"]["counts"]["initialized"] == len(labels)
+    life.create_views()
+    assert any(len(views) > 1 for views in life.views.values())  # lookup tables have views too
+
+    emulator.advance(changes=5)
+    assert life.run("sync")["facts"]["counts"]["synced"] == len(labels)
+
+    emulator.advance(changes=5)
+    note = life.run("forced re-init", conf={"force_reinit": labels})
+    assert note["facts"]["counts"]["initialized"] == len(labels)
+
+    changed = life.change_schemas(FIRST_CHANGES, 0)
+    emulator.advance(changes=5)
+    note = life.run("schema change")
+    assert note["facts"]["counts"]["synced"] == len(labels)
+    assert {made["change"] for made in changed.values()} >= set(FIRST_CHANGES)
+
+    # A second change the replica never sees before the API says its watermarks are too old: each re-init
+    # replaces a previous copy of the older shape. A log table's snapshot then holds only the last hour;
+    # rows written between the watermark and that hour would be in no copy at all (as after an outage
+    # longer than the API's 30 days), so that hour passes without new rows.
+    life.change_schemas(SECOND_CHANGES, 1)
+    emulator.configure(retention_hours=dict.fromkeys(labels, 1))
+    emulator.advance(changes=0)
+    emulator.advance(changes=5)
+    note = life.run("re-init after watermark too old")
+    assert note["facts"]["counts"]["initialized"] == len(labels)
+    kept = {t["table"]: t["rows_kept"] for t in note["facts"]["tables"] if t["table"] in logs}
+    assert all(kept.values()), kept  # the rows the API no longer serves stayed
+
+    emulator.configure(retention_hours={label: 30 * 24 if label in logs else None for label in labels})
+    emulator.advance(changes=5)
+    assert life.run("last sync")["facts"]["counts"]["synced"] == len(labels)
+
+    builtin = len(labels) - len(added)
+    shared = sum(label.startswith(f"{SHARED_NAMESPACE}.") for label in added)
+    request.config.stash[SHAPES_COVERED] = (
+        f"{len(labels)} table shapes ({builtin} built-in, {shared} Instructure's, {len(added) - shared} "
+        f"generated; {len(logs)} log tables) through 6 steps: init, sync, forced re-init, schema change, "
+        "re-init after watermark too old, last sync"
+    )
