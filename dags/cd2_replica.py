@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from airflow.configuration import conf
 from airflow.sdk import AssetAlias, Param, dag, task, task_group
 from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 
 from cd2.assets import TABLES_ALIAS
-from cd2.contract import DEFAULT_LOCK_WAIT_SECONDS, DEFAULT_MAX_ACTIVE_TABLES
 from cd2.dag_names import (
     CONFIG_VARIABLE,
     DAG_ID,
@@ -24,22 +22,20 @@ from cd2.dag_names import (
 from cd2.operators.list_tables import ListTablesOperator
 from cd2.operators.notify import NotifyRunOperator, why_the_run_fails
 from cd2.operators.replicate import MAP_INDEX_TEMPLATE, InitTableOperator, SyncTableOperator
+from cd2.settings import read_settings
 
-# DAP refreshes its data every 4 hours; MWAA sets [cd2] schedule from its configuration options
-# (empty: triggered runs only).
-SCHEDULE = conf.get("cd2", "schedule", fallback="0 */4 * * *") or None
 CONFIG = "{{ var.value.get('" + CONFIG_VARIABLE + "', '') }}"
-# Table tasks at once per run (each of sync and init): Airflow's own cap, so a table waiting for its
-# turn is a scheduled task holding no worker slot, child or connection. A configuration option, read at
-# parse time without a database or secrets call (a Variable would be); the API's rate is the pacer's.
-MAX_ACTIVE_TABLES = conf.getint("cd2", "max_active_tables", fallback=DEFAULT_MAX_ACTIVE_TABLES)
-# How long a table task waits for another run working on its table before reporting it busy.
-LOCK_WAIT_SECONDS = conf.getfloat("cd2", "lock_wait_seconds", fallback=DEFAULT_LOCK_WAIT_SECONDS)
+# [cd2] schedule, max_active_tables, lock_wait_seconds: configuration options (MWAA sets them), read
+# without a database or secrets call, each checked (a bad value fails the import, naming it).
+# max_active_tables is Airflow's own cap, so a table waiting for its turn is a scheduled task holding
+# no worker slot, child or connection.
+SETTINGS = read_settings()
 
 DOC = """
 ### Canvas Data 2 replica
 
-Every run lists the tables of the namespaces in the `cd2_config` Variable, then per table (mapped,
+Every run lists the tables of the namespaces in the `cd2_config` Variable (**list_tables** reads the
+Variable and the params once and hands each table its job), then per table (mapped,
 named `namespace.table`): **sync** brings an initialized table up to date, or says *init needed*;
 **init** runs only where sync said so (or for `force_reinit`) and skips itself elsewhere. **notify**
 publishes one SNS message with the counts and a line per table; **fail_if_any_table_failed** makes the
@@ -51,7 +47,8 @@ run fail when a table failed, after the notification went out.
   `sns_topic_arn`, `freshness_hours` (a number, or `{"default": 12, "ns.table": 48}`), `api_limits`
   (calls per minute per endpoint; default the API's published limits), `retention_hours`
   (`{"ns.table": hours}` the API serves a table's changes for; default the published 30 days of
-  `canvas_logs.web_logs`; plan runs predict a re-init from it).
+  `canvas_logs.web_logs`; plan runs predict a re-init from it), `rate_limited_wait_seconds`,
+  `keep_days` (`{"canvas_logs.*": 400}`: days of a log table's rows kept; default everything).
 * Params: `tables` (only these), `force_reinit` (drop and re-initialize these), `plan` (change
   nothing: sync reports per table what a run would do, init, re-init, sync or nothing, and why, with
   watermark, lag, rows and local vs API schema version; init skips; only schema and list calls, no job).
@@ -67,7 +64,7 @@ run fail when a table failed, after the notification went out.
 @dag(
     dag_id=DAG_ID,
     doc_md=DOC,
-    schedule=SCHEDULE,
+    schedule=SETTINGS.schedule,
     start_date=datetime(2025, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
@@ -89,30 +86,34 @@ run fail when a table failed, after the notification went out.
     },
 )
 def cd2_replica():
-    listed = ListTablesOperator(task_id=LIST_TASK_ID, config=CONFIG, tables="{{ params.tables }}")
+    # The run's one reading of cd2_config and the params: each table's job, the notification's settings.
+    listed = ListTablesOperator(
+        task_id=LIST_TASK_ID,
+        config=CONFIG,
+        tables="{{ params.tables }}",
+        force_reinit="{{ params.force_reinit }}",
+        plan="{{ params.plan }}",
+        lock_wait_seconds=SETTINGS.lock_wait_seconds,
+    )
 
     @task_group(group_id=TABLE_GROUP_ID)
     def replicate(label: str):
         sync = SyncTableOperator(
             task_id=SYNC_TASK,
             table_label=label,
-            config=CONFIG,
-            force_reinit="{{ params.force_reinit }}",
-            plan="{{ params.plan }}",
+            list_task_id=LIST_TASK_ID,
             map_index_template=MAP_INDEX_TEMPLATE,
-            max_active_tis_per_dagrun=MAX_ACTIVE_TABLES,
-            lock_wait_seconds=LOCK_WAIT_SECONDS,
+            max_active_tis_per_dagrun=SETTINGS.max_active_tables,
             execution_timeout=timedelta(hours=2),
             outlets=[AssetAlias(TABLES_ALIAS)],
         )
         InitTableOperator(
             task_id=INIT_TASK,
             table_label=label,
-            config=CONFIG,
+            list_task_id=LIST_TASK_ID,
             sync_result=sync.output,
             map_index_template=MAP_INDEX_TEMPLATE,
-            max_active_tis_per_dagrun=MAX_ACTIVE_TABLES,
-            lock_wait_seconds=LOCK_WAIT_SECONDS,
+            max_active_tis_per_dagrun=SETTINGS.max_active_tables,
             execution_timeout=timedelta(hours=6),
             outlets=[AssetAlias(TABLES_ALIAS)],
         )
@@ -121,10 +122,8 @@ def cd2_replica():
 
     notify = NotifyRunOperator(
         task_id=NOTIFY_TASK_ID,
-        config=CONFIG,
         list_task_id=LIST_TASK_ID,
         table_task_ids=[SYNC_TASK_ID, INIT_TASK_ID],
-        plan="{{ params.plan }}",
         trigger_rule="all_done",
         retries=1,
     )

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from cd2.contract import (
@@ -16,10 +17,14 @@ from cd2.contract import (
     DEFAULT_RETENTION_HOURS,
     KEEP_EVERYTHING,
     NO_RETENTION,
+    Action,
     ApiEndpoint,
+    TableJob,
     TableRef,
     format_api_limits,
 )
+
+logger = logging.getLogger(__name__)
 
 # Namespaces the DAP client 2.3.1 can replicate (it ships a model module for each).
 KNOWN_NAMESPACES = ("canvas", "canvas_logs", "catalog", "new_quizzes")
@@ -116,6 +121,7 @@ _MOVED = {
 
 def parse_config(raw: str | Mapping[str, Any] | None) -> Cd2Config:
     """Parse the Variable's value (JSON text or an already decoded object); empty means all defaults."""
+    logger.info("Parsing the Variable cd2_config")
     if raw is None or (isinstance(raw, str) and not raw.strip()):
         return Cd2Config()
     if isinstance(raw, str):
@@ -221,6 +227,60 @@ def _per_table(value: Any, key: str, unit: str) -> tuple[tuple[str, float], ...]
         if not isinstance(pattern, str) or not pattern:
             raise ConfigError(f"Variable cd2_config: {key!r} key {pattern!r} is not a table name")
     return tuple((p, _positive(v, f"{key!r} {p!r}", unit)) for p, v in value.items())
+
+
+def table_jobs(
+    config: Cd2Config,
+    labels: Sequence[str],
+    *,
+    holder: str,
+    lock_wait_seconds: float,
+    force_reinit: Sequence[str] = (),
+    plan: bool = False,
+) -> dict[str, TableJob]:
+    """Each table's job for a run, by label: a sync (a plan in a plan run) with the table's settings,
+    ``reinit`` where ``force_reinit`` names the table. The init task turns it into an init."""
+    jobs = {}
+    for label in labels:
+        ref = TableRef.parse(label)
+        jobs[label] = TableJob(
+            action=Action.PLAN if plan else Action.SYNC,
+            namespace=ref.namespace,
+            table=ref.name,
+            holder=holder,
+            lock_wait_seconds=lock_wait_seconds,
+            api_limits=config.api_limits_argv,
+            api_limit_window_seconds=config.api_limit_window_seconds,
+            rate_limited_wait_seconds=config.rate_limited_wait_seconds,
+            reinit=any(matches(pattern, ref.namespace, ref.name) for pattern in force_reinit),
+            retention_hours=config.retention.hours_for(label),
+            keep_days=config.keep_days.days_for(label),
+        )
+    return jobs
+
+
+@dataclass(frozen=True)
+class NotifySettings:
+    """What the notification needs of the run's configuration, as ``list_tables`` read it: the topic,
+    the freshness bounds, whether it is a plan run, and the configuration error that failed the run."""
+
+    sns_topic_arn: str | None = None
+    freshness: Freshness = Freshness()
+    plan: bool = False
+    problem: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> NotifySettings:
+        freshness = data["freshness"]
+        return cls(
+            sns_topic_arn=data["sns_topic_arn"],
+            freshness=Freshness(freshness["default_hours"], tuple((p, h) for p, h in freshness["overrides"])),
+            plan=data["plan"],
+            problem=data["problem"],
+        )
 
 
 def parse_flag_param(value: Any, name: str) -> bool:

@@ -37,9 +37,6 @@ DEFAULT_LOCK_HELD_LIMIT_SECONDS = 24 * 3600.0
 MIN_SERVER_VERSION_NUM = 160003
 # A table whose watermark is older than this is stale (DAP refreshes every 4 hours: three missed refreshes).
 DEFAULT_FRESHNESS_HOURS = 12.0
-# Table tasks of one run at once (a concurrency cap: worker slots, child processes, connections; the
-# API's rate is the pacer's business, see API_LIMITS). Airflow configuration option [cd2] max_active_tables.
-DEFAULT_MAX_ACTIVE_TABLES = 8
 # How far back the API serves a table's incremental queries, where Instructure publishes it (hours; an
 # older watermark needs a fresh snapshot). cd2_config 'retention_hours' adds or overrides tables.
 DEFAULT_RETENTION_HOURS: dict[str, float] = {"canvas_logs.web_logs": 30 * 24.0}
@@ -220,115 +217,7 @@ class TableRef:
         return cls(namespace, name)
 
 
-# -- jobs ---------------------------------------------------------------------------------------------
-
-
-def _option(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-class _Job:
-    """Argv form of a job: the action, then ``--field value`` per field (``--flag`` for a true boolean)."""
-
-    action: Action
-
-    def to_argv(self) -> list[str]:
-        argv = [str(self.action)]
-        for field in fields(self):  # type: ignore[arg-type]
-            value = getattr(self, field.name)
-            if field.name == "action" or value is False:
-                continue
-            if value is True:
-                argv.append(_option(field.name))
-            elif isinstance(value, tuple):
-                for item in value:
-                    argv += [_option(field.name), str(item)]
-            else:
-                argv += [_option(field.name), str(value)]
-        return argv
-
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """One option per field, typed from the field's annotation."""
-        for field in fields(cls):  # type: ignore[arg-type]
-            if field.name == "action":
-                continue
-            required = field.default is MISSING
-            if field.type == "bool":
-                parser.add_argument(_option(field.name), dest=field.name, action="store_true")
-            elif field.type.startswith("tuple"):
-                parser.add_argument(_option(field.name), dest=field.name, action="append", required=required)
-            else:
-                parser.add_argument(
-                    _option(field.name),
-                    dest=field.name,
-                    type={"int": int, "float": float}.get(field.type, str),
-                    required=required,
-                    default=None if required else field.default,
-                )
-
-
-@dataclass(frozen=True)
-class ListJob(_Job):
-    """List the tables of these namespaces."""
-
-    namespace: tuple[str, ...]
-    api_limits: str = ""
-    api_limit_window_seconds: float = DEFAULT_API_LIMIT_WINDOW_SECONDS
-    rate_limited_wait_seconds: float = DEFAULT_RATE_LIMITED_WAIT_SECONDS
-    action: Action = Action.LIST
-
-
-TABLE_ACTIONS = (Action.SYNC, Action.INIT, Action.PLAN)
-
-
-@dataclass(frozen=True)
-class TableJob(_Job):
-    """Sync, init or plan one table (sync and init hold its lock).
-
-    ``holder`` names the run to other sessions waiting for the table; ``reinit`` (init) replaces an
-    initialized table, (plan) says the table is named in ``force_reinit``; ``retention_hours`` (plan)
-    is how far back the API serves the table's incremental queries (``NO_RETENTION``: no known limit);
-    ``keep_days`` (sync) bounds a log table's rows, counted back from its watermark (``KEEP_EVERYTHING``).
-    """
-
-    action: Action
-    namespace: str
-    table: str
-    holder: str = DEFAULT_HOLDER
-    lock_wait_seconds: float = DEFAULT_LOCK_WAIT_SECONDS
-    api_limits: str = ""
-    api_limit_window_seconds: float = DEFAULT_API_LIMIT_WINDOW_SECONDS
-    rate_limited_wait_seconds: float = DEFAULT_RATE_LIMITED_WAIT_SECONDS
-    reinit: bool = False
-    retention_hours: float = NO_RETENTION
-    keep_days: float = KEEP_EVERYTHING
-
-    def __post_init__(self) -> None:
-        if self.action not in TABLE_ACTIONS:
-            raise ContractError(f"a table job's action is sync, init or plan, not {self.action!r}")
-        object.__setattr__(self, "action", Action(self.action))
-
-    @property
-    def ref(self) -> TableRef:
-        return TableRef(self.namespace, self.table)
-
-
-def job_from_argv(argv: list[str]) -> ListJob | TableJob:
-    """The job a child was started for: the inverse of ``job.to_argv()``."""
-    parser = argparse.ArgumentParser(prog="python -m cd2.dap_child", description="Run one DAP client job.")
-    actions = parser.add_subparsers(dest="action", required=True)
-    ListJob.add_arguments(actions.add_parser(Action.LIST, help="list the tables of namespaces"))
-    for action in TABLE_ACTIONS:
-        TableJob.add_arguments(actions.add_parser(action, help=f"{action} one table"))
-    values = vars(parser.parse_args(argv))
-    action = Action(values.pop("action"))
-    if action is Action.LIST:
-        return ListJob(**(values | {"namespace": tuple(values["namespace"])}))
-    return TableJob(action=action, **values)
-
-
-# -- results ------------------------------------------------------------------------------------------
+# -- the strict JSON form of jobs and results ------------------------------------------------------
 
 
 def _is_number(value: Any) -> bool:
@@ -404,6 +293,118 @@ class _Record:
         except json.JSONDecodeError as error:
             raise ContractError(f"{cls.__name__}: not JSON: {error}") from None
         return cls.from_dict(data)
+
+
+# -- jobs ---------------------------------------------------------------------------------------------
+
+
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+class _Job:
+    """Argv form of a job: the action, then ``--field value`` per field (``--flag`` for a true boolean)."""
+
+    action: Action
+
+    def to_argv(self) -> list[str]:
+        argv = [str(self.action)]
+        for field in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, field.name)
+            if field.name == "action" or value is False:
+                continue
+            if value is True:
+                argv.append(_option(field.name))
+            elif isinstance(value, tuple):
+                for item in value:
+                    argv += [_option(field.name), str(item)]
+            else:
+                argv += [_option(field.name), str(value)]
+        return argv
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """One option per field, typed from the field's annotation."""
+        for field in fields(cls):  # type: ignore[arg-type]
+            if field.name == "action":
+                continue
+            required = field.default is MISSING
+            if field.type == "bool":
+                parser.add_argument(_option(field.name), dest=field.name, action="store_true")
+            elif field.type.startswith("tuple"):
+                parser.add_argument(_option(field.name), dest=field.name, action="append", required=required)
+            else:
+                parser.add_argument(
+                    _option(field.name),
+                    dest=field.name,
+                    type={"int": int, "float": float}.get(field.type, str),
+                    required=required,
+                    default=None if required else field.default,
+                )
+
+
+@dataclass(frozen=True)
+class ListJob(_Job):
+    """List the tables of these namespaces."""
+
+    namespace: tuple[str, ...]
+    api_limits: str = ""
+    api_limit_window_seconds: float = DEFAULT_API_LIMIT_WINDOW_SECONDS
+    rate_limited_wait_seconds: float = DEFAULT_RATE_LIMITED_WAIT_SECONDS
+    action: Action = Action.LIST
+
+
+TABLE_ACTIONS = (Action.SYNC, Action.INIT, Action.PLAN)
+
+
+@dataclass(frozen=True)
+class TableJob(_Job, _Record):
+    """Sync, init or plan one table (sync and init hold its lock). Its JSON form (:class:`_Record`) is
+    what ``list_tables`` hands each table task.
+
+    ``holder`` names the run to other sessions waiting for the table; ``reinit`` (init) replaces an
+    initialized table, (plan) says the table is named in ``force_reinit``; ``retention_hours`` (plan)
+    is how far back the API serves the table's incremental queries (``NO_RETENTION``: no known limit);
+    ``keep_days`` (sync) bounds a log table's rows, counted back from its watermark (``KEEP_EVERYTHING``).
+    """
+
+    action: Action
+    namespace: str
+    table: str
+    holder: str = DEFAULT_HOLDER
+    lock_wait_seconds: float = DEFAULT_LOCK_WAIT_SECONDS
+    api_limits: str = ""
+    api_limit_window_seconds: float = DEFAULT_API_LIMIT_WINDOW_SECONDS
+    rate_limited_wait_seconds: float = DEFAULT_RATE_LIMITED_WAIT_SECONDS
+    reinit: bool = False
+    retention_hours: float = NO_RETENTION
+    keep_days: float = KEEP_EVERYTHING
+
+    def __post_init__(self) -> None:
+        if self.action not in TABLE_ACTIONS:
+            raise ContractError(f"a table job's action is sync, init or plan, not {self.action!r}")
+        object.__setattr__(self, "action", Action(self.action))
+
+    @property
+    def ref(self) -> TableRef:
+        return TableRef(self.namespace, self.table)
+
+
+def job_from_argv(argv: list[str]) -> ListJob | TableJob:
+    """The job a child was started for: the inverse of ``job.to_argv()``."""
+    parser = argparse.ArgumentParser(prog="python -m cd2.dap_child", description="Run one DAP client job.")
+    actions = parser.add_subparsers(dest="action", required=True)
+    ListJob.add_arguments(actions.add_parser(Action.LIST, help="list the tables of namespaces"))
+    for action in TABLE_ACTIONS:
+        TableJob.add_arguments(actions.add_parser(action, help=f"{action} one table"))
+    values = vars(parser.parse_args(argv))
+    action = Action(values.pop("action"))
+    if action is Action.LIST:
+        return ListJob(**(values | {"namespace": tuple(values["namespace"])}))
+    return TableJob(action=action, **values)
+
+
+# -- results ------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,8 @@ def replica(airflow_env, dap_emulator, postgres_server, sns, request):
 def test_first_run_initializes_second_syncs_and_params_restrict_and_reinit(replica):
     first, note = replica.run()
     assert first.state == "success"
+    # One reading of cd2_config per run: list_tables hands each table its job and notify its settings.
+    assert first.output.count("Parsing the Variable cd2_config") == 1, first.output[-3000:]
     assert first.states("table.sync") == dict.fromkeys(TABLES, "success")
     assert first.states("table.init") == dict.fromkeys(TABLES, "success")
     for index in range(len(TABLES)):

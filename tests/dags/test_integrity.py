@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 
+import pytest
+
 from local_dap.airflow_home import AIRFLOW_PYTHON, AirflowEnvironment
 
 PROBE = """
@@ -59,3 +61,16 @@ def test_every_dag_file_loads_without_import_errors(airflow_env):
 def test_schedule_comes_from_airflow_configuration(airflow_env):
     loaded = load(airflow_env, {"AIRFLOW__CD2__SCHEDULE": "30 1 * * *"})
     assert loaded["facts"]["schedule"] == "30 1 * * *"
+
+
+@pytest.mark.parametrize(
+    "option, value",
+    [("max_active_tables", "0"), ("lock_wait_seconds", "-1"), ("schedule", "every 4 hours")],
+)
+def test_a_cd2_option_out_of_range_fails_the_import_naming_the_option_and_the_value(
+    airflow_env, option, value
+):
+    loaded = load(airflow_env, {f"AIRFLOW__CD2__{option.upper()}": value})
+    assert loaded["dags"] == []
+    [error] = loaded["errors"].values()
+    assert f"[cd2] {option} = {value!r}" in error, error

@@ -9,8 +9,9 @@ from typing import Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from cd2.config import ConfigError, Freshness, parse_config, parse_flag_param
+from cd2.config import Freshness, NotifySettings
 from cd2.contract import ChildError, ErrorCategory, Outcome, TableResult
+from cd2.operators.list_tables import NOTIFY_KEY
 from cd2.summary import Notification, TableSummary, compose, first_line, summarize_records, unsummarized
 
 # Task instance states whose table task pushed its record (upstream_failed, removed: it never ran).
@@ -25,49 +26,37 @@ SNS_RETRYABLE_CODES = frozenset(
 
 
 class NotifyRunOperator(BaseOperator):
-    """Publish the run's summary to ``sns_topic_arn`` from ``cd2_config`` (or log it when there is none).
+    """Publish the run's summary to ``cd2_config``'s ``sns_topic_arn`` (or log it when there is none).
 
     Runs after every table finished whatever its state (``trigger_rule="all_done"``). Reads the table
-    list and each table task's record (its XCom), which failed and skipped tasks push too.
+    list, the settings ``list_task_id`` read from the configuration (its XCom ``notify``: topic,
+    freshness, plan run, configuration error) and each table task's record (its XCom), which failed and
+    skipped tasks push too.
 
-    :param config: the ``cd2_config`` Variable's value.
     :param list_task_id: the task that returned the tables.
     :param table_task_ids: the mapped per-table tasks, in order (sync, init).
-    :param plan: the run is a plan run (the message says so and lists what a run would do).
     :param aws_conn_id: the AWS connection for SNS.
     """
 
-    template_fields: Sequence[str] = ("config", "plan")
     ui_color = "#f8efe0"
 
     def __init__(
         self,
         *,
-        config: str | Mapping[str, Any] | None = None,
         list_task_id: str,
         table_task_ids: Sequence[str],
-        plan: bool | str = False,
         aws_conn_id: str | None = "aws_default",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.config = config
         self.list_task_id = list_task_id
         self.table_task_ids = table_task_ids
-        self.plan = plan
         self.aws_conn_id = aws_conn_id
 
     def execute(self, context: Any) -> dict[str, Any]:
-        try:
-            config = parse_config(self.config)
-            topic, freshness, problem = config.sns_topic_arn, config.freshness, None
-        except ConfigError as error:
-            topic, freshness, problem = None, None, str(error)
-        try:
-            plan = parse_flag_param(self.plan, "plan")
-        except ConfigError as error:
-            plan, problem = False, problem or str(error)
-        notification = self.compose(context, problem, freshness, plan=plan)
+        settings = self.settings(context)
+        topic, problem = settings.sns_topic_arn, settings.problem
+        notification = self.compose(context, problem, settings.freshness, plan=settings.plan)
         self.log.info("%s\n%s", notification.subject, notification.log_text)
         if topic:
             self.publish(context, topic, notification)
@@ -78,6 +67,15 @@ class NotifyRunOperator(BaseOperator):
         else:
             self.log.info("No sns_topic_arn in cd2_config: the summary above is only logged")
         return notification.facts
+
+    def settings(self, context: Any) -> NotifySettings:
+        """What ``list_task_id`` read from the configuration; when it recorded nothing (its process was
+        killed before), no topic and a problem saying so."""
+        found = context["ti"].xcom_pull(task_ids=self.list_task_id, key=NOTIFY_KEY, map_indexes=-1)
+        try:
+            return NotifySettings.from_dict(found)
+        except (KeyError, TypeError, ValueError):
+            return NotifySettings(problem=f"task {self.list_task_id} recorded no configuration (see its log)")
 
     def publish(self, context: Any, topic: str, notification: Notification) -> None:
         """Publish to SNS; when SNS refuses, say why in the log and in this task's record (the watcher

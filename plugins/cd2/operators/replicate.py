@@ -10,18 +10,10 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from cd2.assets import emit_table_event
-from cd2.config import ConfigError, matches, parse_config, parse_flag_param, parse_table_param
-from cd2.contract import (
-    DEFAULT_LOCK_WAIT_SECONDS,
-    Action,
-    ContractError,
-    Outcome,
-    TableJob,
-    TableRef,
-    TableResult,
-)
+from cd2.contract import Action, ContractError, Outcome, TableJob, TableResult
 from cd2.hooks.dap import DapHook, failure_of, raise_for_try
 from cd2.instance_names import keep_name_on_retry
+from cd2.operators.list_tables import JOBS_KEY
 
 # Names a mapped instance in the UI. Airflow renders it in the task, right after the task's templates
 # (before execute()) and again at the end; cd2.instance_names names it before it runs and between tries.
@@ -29,55 +21,37 @@ MAP_INDEX_TEMPLATE = "{{ task.table_label }}"
 
 
 class _TableOperator(BaseOperator):
-    """Runs one DAP job for ``table_label`` and returns its :class:`TableResult` as the task's XCom.
+    """Runs ``table_label``'s DAP job, as ``list_task_id`` handed it over, and returns its
+    :class:`TableResult` as the task's XCom.
 
     The record is pushed in the same shape when the task fails or skips itself, so the next task and
     the notification read one XCom per task, whatever happened.
     """
 
-    template_fields: Sequence[str] = ("table_label", "config")
+    template_fields: Sequence[str] = ("table_label",)
     ui_color = "#e8eef8"
-    action: Action
 
     def __init__(
         self,
         *,
         table_label: str,
-        config: str | Mapping[str, Any] | None = None,
+        list_task_id: str,
         dap_conn_id: str = DapHook.default_conn_name,
         postgres_conn_id: str = DapHook.default_postgres_conn_name,
-        lock_wait_seconds: float = DEFAULT_LOCK_WAIT_SECONDS,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.table_label = table_label
-        self.config = config
+        self.list_task_id = list_task_id
         self.dap_conn_id = dap_conn_id
         self.postgres_conn_id = postgres_conn_id
-        self.lock_wait_seconds = lock_wait_seconds
         self.hook: DapHook | None = None
 
     def execute(self, context: Any) -> dict[str, Any]:
         keep_name_on_retry()
         try:
-            try:
-                ref = TableRef.parse(self.table_label)
-                config = parse_config(self.config)
-            except (ConfigError, ContractError) as error:
-                raise AirflowFailException(str(error)) from None
+            job = self._job(context)
             self.hook = DapHook(dap_conn_id=self.dap_conn_id, postgres_conn_id=self.postgres_conn_id)
-            job = TableJob(
-                action=self.action,
-                namespace=ref.namespace,
-                table=ref.name,
-                holder=f"{self.dag_id} {context['run_id']}",
-                lock_wait_seconds=self.lock_wait_seconds,
-                api_limits=config.api_limits_argv,
-                api_limit_window_seconds=config.api_limit_window_seconds,
-                rate_limited_wait_seconds=config.rate_limited_wait_seconds,
-                retention_hours=config.retention.hours_for(ref.label),
-                keep_days=config.keep_days.days_for(ref.label),
-            )
             result = self.run_job(self.hook, job)
         except AirflowSkipException as skip:
             self._push(context, TableResult(self.table_label, Outcome.SKIPPED, reason=str(skip)))
@@ -93,6 +67,15 @@ class _TableOperator(BaseOperator):
             self.log.info("%s changed: asset event for %s", self.table_label, uri)
         return result.to_dict()
 
+    def _job(self, context: Any) -> TableJob:
+        jobs = context["ti"].xcom_pull(task_ids=self.list_task_id, key=JOBS_KEY, map_indexes=-1)
+        if not isinstance(jobs, Mapping) or self.table_label not in jobs:
+            raise AirflowFailException(f"{self.list_task_id} handed over no job for {self.table_label}")
+        try:
+            return TableJob.from_dict(jobs[self.table_label])
+        except ContractError as error:
+            raise AirflowFailException(f"{self.list_task_id}'s job for {self.table_label}: {error}") from None
+
     def run_job(self, hook: DapHook, job: TableJob) -> TableResult:
         raise NotImplementedError
 
@@ -106,36 +89,17 @@ class _TableOperator(BaseOperator):
 
 class SyncTableOperator(_TableOperator):
     """Synchronize ``table_label`` (``namespace.table``) if it is initialized; else report init needed.
+    A plan job reports what a run would do (outcome ``planned``); a job with ``reinit`` (the table is
+    in ``force_reinit``) leaves the table to init.
 
     :param table_label: ``namespace.table``.
-    :param config: the ``cd2_config`` Variable's value (for ``api_limits``, ``retention_hours``,
-        ``keep_days``).
-    :param force_reinit: tables to drop and re-initialize instead (``ns.table`` or ``table``, globs).
-    :param plan: only report what a run would do (outcome ``planned``): no change, no job created.
-    :param lock_wait_seconds: how long to wait for another task instance working on the same table (and
-        a re-init's swap for readers' open transactions on it).
+    :param list_task_id: the task that handed over each table's job (its XCom ``jobs``).
     """
 
-    template_fields: Sequence[str] = (*_TableOperator.template_fields, "force_reinit", "plan")
-    action = Action.SYNC
-
-    def __init__(
-        self, *, force_reinit: Sequence[str] | str | None = None, plan: bool | str = False, **kwargs: Any
-    ) -> None:
-        super().__init__(**kwargs)
-        self.force_reinit = force_reinit
-        self.plan = plan
-
     def run_job(self, hook: DapHook, job: TableJob) -> TableResult:
-        try:
-            force_reinit = parse_table_param(self.force_reinit, "force_reinit")
-            plan = parse_flag_param(self.plan, "plan")
-        except ConfigError as error:
-            raise AirflowFailException(str(error)) from None
-        forced = any(matches(pattern, job.namespace, job.table) for pattern in force_reinit)
-        if plan:
-            return hook.run_table_job(replace(job, action=Action.PLAN, reinit=forced))
-        if forced:
+        if job.action is Action.PLAN:
+            return hook.run_table_job(job)
+        if job.reinit:
             self.log.info("%s is in force_reinit: no sync, init will re-initialize it", self.table_label)
             return TableResult(self.table_label, Outcome.INIT_NEEDED, reason="force_reinit", reinit=True)
         return hook.run_table_job(job)
@@ -151,7 +115,6 @@ class InitTableOperator(_TableOperator):
     """
 
     template_fields: Sequence[str] = (*_TableOperator.template_fields, "sync_result")
-    action = Action.INIT
 
     def __init__(self, *, sync_result: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -164,4 +127,4 @@ class InitTableOperator(_TableOperator):
         if sync.outcome is not Outcome.INIT_NEEDED:
             raise AirflowSkipException(f"{self.table_label}: sync brought it up to date; no init needed")
         self.log.info("%s: init needed (%s)", self.table_label, sync.reason)
-        return hook.run_table_job(replace(job, reinit=sync.reinit))
+        return hook.run_table_job(replace(job, action=Action.INIT, reinit=sync.reinit))

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from cd2.config import (
     Cd2Config,
     ConfigError,
+    NotifySettings,
     parse_config,
     parse_flag_param,
     parse_table_param,
     select_tables,
+    table_jobs,
 )
-from cd2.contract import DEFAULT_API_LIMITS, KEEP_EVERYTHING, NO_RETENTION
+from cd2.contract import DEFAULT_API_LIMITS, KEEP_EVERYTHING, NO_RETENTION, Action, TableJob
 
 AVAILABLE = {"canvas": ["accounts", "courses", "users", "user_notes"], "catalog": ["courses"]}
 
@@ -144,3 +148,44 @@ def test_flag_param_is_a_boolean_or_its_text():
     assert parse_flag_param("false", "plan") is False and parse_flag_param("True", "plan") is True
     with pytest.raises(ConfigError, match="'plan'"):
         parse_flag_param("yes please", "plan")
+
+
+def test_each_table_gets_its_own_job_with_its_settings_and_the_job_survives_xcom():
+    config = parse_config(
+        {
+            "api_limits": {"create_job": 10},
+            "retention_hours": {"canvas.users": 48},
+            "keep_days": {"canvas_logs.*": 400},
+            "rate_limited_wait_seconds": 60,
+        }
+    )
+    labels = ["canvas.accounts", "canvas.users", "canvas_logs.web_logs"]
+    jobs = table_jobs(config, labels, holder="cd2_replica run_1", lock_wait_seconds=5, force_reinit=["users"])
+    assert list(jobs) == labels
+    users, logs = jobs["canvas.users"], jobs["canvas_logs.web_logs"]
+    assert (users.action, users.namespace, users.table, users.reinit) == (
+        Action.SYNC,
+        "canvas",
+        "users",
+        True,
+    )
+    assert (users.retention_hours, users.keep_days) == (48.0, KEEP_EVERYTHING)
+    assert (logs.retention_hours, logs.keep_days, logs.reinit) == (30 * 24.0, 400.0, False)
+    assert jobs["canvas.accounts"].retention_hours == NO_RETENTION
+    assert all(j.holder == "cd2_replica run_1" and j.lock_wait_seconds == 5 for j in jobs.values())
+    assert all(
+        j.api_limits == config.api_limits_argv and j.rate_limited_wait_seconds == 60 for j in jobs.values()
+    )
+    for job in jobs.values():
+        assert TableJob.from_dict(json.loads(json.dumps(job.to_dict()))) == job
+    planned = table_jobs(config, labels, holder="h", lock_wait_seconds=5, force_reinit=["users"], plan=True)
+    assert {j.action for j in planned.values()} == {Action.PLAN}
+    assert planned["canvas.users"].reinit and not planned["canvas.accounts"].reinit
+
+
+def test_the_notification_settings_survive_xcom():
+    config = parse_config(
+        {"sns_topic_arn": "arn:aws:sns:us-east-1:1:t", "freshness_hours": {"default": 6, "x": 2}}
+    )
+    settings = NotifySettings(config.sns_topic_arn, config.freshness, plan=True, problem="p")
+    assert NotifySettings.from_dict(json.loads(json.dumps(settings.to_dict()))) == settings
