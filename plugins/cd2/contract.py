@@ -475,6 +475,8 @@ class TableResult(_Record):
     plan: TablePlan | None = None
     rows_kept: int | None = None
     rows_pruned: int | None = None
+    # The child's patches of the DAP client that were active (cd2.dap_child.patches), by name.
+    patches: list[str] | None = None
 
     _nested: ClassVar[dict[str, type[_Record]]] = {"error": ChildError, "plan": TablePlan}
 

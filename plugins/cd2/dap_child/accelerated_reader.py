@@ -15,34 +15,22 @@ them (at ``b"\\n"``, newline kept, the last line without one if the file lacks i
 ``parse_line`` sees identical bytes. Header handling, parsing, type conversion, validation, batching,
 COPY/upsert/delete SQL and the metadata writes all remain the client's own code.
 
-It is meant for the DAP child process only (one table per process, its own virtualenv). Call
-:func:`install` first thing in that process. It is on by default; set ``CD2_ACCELERATED_READER=0``
-(or ``false``/``no``/``off``) to run the stock reader. It activates only for the client version(s) in
-``VERIFIED_CLIENT_VERSIONS``; for any other version it logs one warning and the stock path runs.
+It is meant for the DAP child process only (one table per process, its own virtualenv), which installs
+it as the ``accelerated_reader`` patch (:mod:`cd2.dap_child.patches`). It is on by default; set
+``CD2_ACCELERATED_READER=0`` (or ``false``/``no``/``off``) to run the stock reader.
 
 How to remove it: once Instructure's client reads files without a thread hop per line (see
-docs/upstream-report-reader.md), verify the new version's load speed, then delete this module and the
-``install()`` call in the child entry point. Until then, when upgrading the client, re-run the
-equivalence tests (tests/plugins/cd2/dap_child/test_accelerated_reader.py) against the new version
-before adding it to ``VERIFIED_CLIENT_VERSIONS``.
+docs/upstream-report-reader.md), verify the new version's load speed, then delete this module and its
+registry entry. Until then, when upgrading the client, re-run the equivalence tests
+(tests/plugins/cd2/dap_child/test_accelerated_reader.py) against the new version before adding it to
+the registry's verified versions.
 """
 
 from __future__ import annotations
 
-import importlib
-import logging
 from typing import Any, Protocol
 
-from cd2.dap_child.client_version import CLIENT_DISTRIBUTION, switched_on, verified_version
-
-logger = logging.getLogger(__name__)
-
-VERIFIED_CLIENT_VERSIONS = frozenset({"2.3.1"})
-SETTING = "CD2_ACCELERATED_READER"
 CHUNK_SIZE = 4 * 1024 * 1024
-PATCHED_MODULES = ("dap.replicator.sql_op_init", "dap.replicator.sql_op_sync")
-
-_installed = False
 
 
 class AsyncReadable(Protocol):
@@ -100,47 +88,3 @@ def make_reader_class(stock_reader: type, chunk_size: int = CHUNK_SIZE) -> type:
             super().__init__(ChunkedLineReader(stream, chunk_size), names_to_types)
 
     return AcceleratedTextReader
-
-
-def is_enabled() -> bool:
-    """Whether the setting ``CD2_ACCELERATED_READER`` leaves the accelerator on (the default)."""
-    return switched_on(SETTING)
-
-
-def install() -> bool:
-    """Patch the client's init and sync file readers; return whether the accelerator is active.
-
-    Safe to call more than once. Does nothing (and returns False) when turned off by
-    ``CD2_ACCELERATED_READER=0`` or when the installed client is not a verified version.
-    """
-    global _installed
-    if _installed:
-        return True
-    if not is_enabled():
-        logger.info("accelerated TSV reader turned off by %s; using the DAP client's stock reader", SETTING)
-        return False
-    version = verified_version(
-        "accelerated TSV reader",
-        VERIFIED_CLIENT_VERSIONS,
-        "using the client's stock reader, which loads far slower",
-    )
-    if version is None:
-        return False
-
-    from pysqlsync.data.exchange import AsyncTextReader
-
-    modules = [importlib.import_module(name) for name in PATCHED_MODULES]
-    unexpected = [module.__name__ for module in modules if module.AsyncTextReader is not AsyncTextReader]
-    if unexpected:
-        logger.warning(
-            "accelerated TSV reader not installed: %s no longer use pysqlsync's AsyncTextReader; "
-            "using the client's stock reader",
-            ", ".join(unexpected),
-        )
-        return False
-    accelerated = make_reader_class(AsyncTextReader)
-    for module in modules:
-        module.AsyncTextReader = accelerated
-    _installed = True
-    logger.info("accelerated TSV reader installed for %s %s", CLIENT_DISTRIBUTION, version)
-    return True

@@ -1,7 +1,7 @@
 """Pace the DAP client's API calls to the published limits, shared by every task, run and worker.
 
-What it patches: ``dap.api.DAPSession.__init__`` (instructure-dap-client 2.3.1). After the stock
-``__init__`` it wraps the session's ``_retry_client._client`` (the ``aiohttp.ClientSession`` that
+What it patches (the ``api_budget`` patch of :mod:`cd2.dap_child.patches`): ``dap.api.DAPSession.__init__``.
+After the stock ``__init__`` it wraps the session's ``_retry_client._client`` (the ``aiohttp.ClientSession`` that
 ``aiohttp_retry`` calls once per HTTP attempt) in :class:`PacedRequests`. Every attempt of a call with a
 published limit (create job, list tables, get job, schema, object URLs: :class:`cd2.contract.ApiEndpoint`)
 first takes a token from the :class:`Pacer`; login and downloads are untouched. A 429 that still arrives
@@ -15,9 +15,9 @@ calls per client key and endpoint: a sliding window like the API's) and ``cd2_re
 endpoint blocked until a 429's ``Retry-After``), changed under a transaction-scoped advisory lock per
 client key and endpoint. The client key is a hash of the client id, never the id or secret.
 
-It activates only for the client version(s) in ``VERIFIED_CLIENT_VERSIONS``; for any other it logs a
-warning and the client runs unpaced. How to remove it: if Instructure's client ever paces itself across
-processes, delete this module and its use in the child's runner, and drop the two tables.
+Where the patch does not fit the installed client, the client runs unpaced. How to remove it: if
+Instructure's client ever paces itself across processes, delete this module, its registry entry and its
+use in the child's runner, and drop the two tables.
 """
 
 from __future__ import annotations
@@ -40,12 +40,10 @@ from cd2.contract import (
     ApiEndpoint,
 )
 from cd2.dap_child import locks
-from cd2.dap_child.client_version import CLIENT_DISTRIBUTION, installed_version
 from cd2.dap_child.errors import RateLimitExhausted
 
 logger = logging.getLogger(__name__)
 
-VERIFIED_CLIENT_VERSIONS = frozenset({"2.3.1"})
 BUDGET_LOCK_CLASS = 0x43443242  # "CD2B"
 TOO_MANY_REQUESTS = 429
 # The client's own default when a 429 has no usable Retry-After.
@@ -250,29 +248,12 @@ class PacedRequests:
 _pacer: Pacer | None = None
 
 
-def install(pacer: Pacer) -> bool:
-    """Pace every DAP session created from now on with ``pacer``; whether the patch is active."""
+def pace_with(pacer: Pacer) -> None:
+    """Pace every DAP session created from now on with ``pacer`` (while the ``api_budget`` patch is active)."""
     global _pacer
-    version = installed_version()
-    if version not in VERIFIED_CLIENT_VERSIONS:
-        logger.warning(
-            "DAP API pacer not installed: %s %s is not a verified version (%s); calls are not paced",
-            CLIENT_DISTRIBUTION,
-            version,
-            ", ".join(sorted(VERIFIED_CLIENT_VERSIONS)),
-        )
-        return False
-    from dap.api import DAPSession
-
-    first = _pacer is None
     _pacer = pacer
-    if first:
-        stock_init = DAPSession.__init__
 
-        def paced_init(self: Any, *args: Any, **kwargs: Any) -> None:
-            stock_init(self, *args, **kwargs)
-            if _pacer is not None:
-                self._retry_client._client = PacedRequests(self._retry_client._client, _pacer)
 
-        DAPSession.__init__ = paced_init
-    return True
+def current_pacer() -> Pacer | None:
+    """The pacer new sessions are paced with, if any."""
+    return _pacer

@@ -1,7 +1,7 @@
 """Write a sync's upserts and deletes with one COPY and one statement per batch, not one statement per row.
 
-What it patches (instructure-dap-client 2.3.1, which vendors pysqlsync; versions in
-``VERIFIED_CLIENT_VERSIONS`` only): ``PostgreSQLContext._upsert_rows`` and ``PostgreSQLContext._delete_rows``
+What it replaces (the ``bulk_upsert`` patch of :mod:`cd2.dap_child.patches`; instructure-dap-client vendors
+pysqlsync): ``PostgreSQLContext._upsert_rows`` and ``PostgreSQLContext._delete_rows``
 in ``pysqlsync.dialect.postgresql.connection``, the engine-specific hooks behind pysqlsync's
 ``upsert_rows`` / ``delete_rows``. The client's sync (``SqlOpSync.upsert_rows``) calls them once per
 100k-row batch; stock, each runs asyncpg ``executemany`` of a one-row ``INSERT ... ON CONFLICT DO
@@ -25,31 +25,23 @@ Both statements fail as pysqlsync's do (``QueryException`` naming the statement,
 its cause); the runner's error classification and the sync's recovery (watermark moved only after the
 last object) are unchanged. Inserts, the init path and every other statement stay the client's.
 
-It is meant for the DAP child process only. Call :func:`install` before the sync runs; it is on by
-default, ``CD2_BULK_UPSERT=0`` (or ``false``/``no``/``off``) restores the stock statements.
+It is meant for the DAP child process only. It is on by default, ``CD2_BULK_UPSERT=0`` (or
+``false``/``no``/``off``) restores the stock statements.
 
 How to remove it: once the client (pysqlsync) writes upserts and deletes set-based, delete this module
-and its ``install()`` call in ``cd2.dap_child.__main__``. Until then, when upgrading the client, run
+and its registry entry. Until then, when upgrading the client, run
 tests/plugins/cd2/dap_child/test_bulk_upsert.py and the stock-vs-accelerated equivalence tests against
-the new version before adding it to ``VERIFIED_CLIENT_VERSIONS``.
+the new version before adding it to the registry's verified versions.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-from cd2.dap_child.client_version import CLIENT_DISTRIBUTION, switched_on, verified_version
 from cd2.dap_child.quoting import quote_ident
 
-logger = logging.getLogger(__name__)
-
-VERIFIED_CLIENT_VERSIONS = frozenset({"2.3.1"})
-SETTING = "CD2_BULK_UPSERT"
 STAGE_NAME = "cd2_upsert_stage"
 STAGE_TABLE = quote_ident(STAGE_NAME)
-
-_installed = False
 
 
 def last_record_per_key(batch: list[tuple], key_positions: list[int]) -> list[tuple]:
@@ -123,31 +115,3 @@ async def delete_rows(self: Any, table: Any, key_type: type, key_values: Any) ->
     keys = [transformer(key) for key in key_values] if transformer is not None else list(key_values)
     if keys:
         await _run(self, f"DELETE FROM {table.name} WHERE {column.name} = ANY($1)", keys)
-
-
-def install() -> bool:
-    """Patch pysqlsync's PostgreSQL upserts and deletes; return whether the patch is active.
-
-    Safe to call more than once. Does nothing (and returns False) when turned off by
-    ``CD2_BULK_UPSERT=0`` or when the installed client is not a verified version.
-    """
-    global _installed
-    if _installed:
-        return True
-    if not switched_on(SETTING):
-        logger.info(
-            "set-based upserts turned off by %s; the DAP client writes one row per statement", SETTING
-        )
-        return False
-    version = verified_version(
-        "set-based upserts", VERIFIED_CLIENT_VERSIONS, "syncs write one row per statement, far slower"
-    )
-    if version is None:
-        return False
-    from pysqlsync.dialect.postgresql.connection import PostgreSQLContext
-
-    PostgreSQLContext._upsert_rows = upsert_rows
-    PostgreSQLContext._delete_rows = delete_rows
-    _installed = True
-    logger.info("set-based upserts and deletes installed for %s %s", CLIENT_DISTRIBUTION, version)
-    return True

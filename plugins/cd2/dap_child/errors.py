@@ -66,6 +66,10 @@ class KeepDaysUnsupported(Exception):
     """``cd2_config`` ``keep_days`` names a table whose rows carry no age to prune by."""
 
 
+class PatchUnavailable(Exception):
+    """A safety patch of the client (:mod:`cd2.dap_child.patches`) does not fit the installed client."""
+
+
 TRANSIENT, PERMANENT, UNKNOWN = ErrorCategory.TRANSIENT, ErrorCategory.PERMANENT, ErrorCategory.UNKNOWN
 
 RECONNECT = (
@@ -212,6 +216,11 @@ def _rule(error: BaseException) -> tuple[ErrorCategory, str] | None:
         )
     if isinstance(error, KeepDaysUnsupported):
         return PERMANENT, "remove the table from cd2_config 'keep_days' (only log tables are pruned)"
+    if isinstance(error, PatchUnavailable):
+        return PERMANENT, (
+            "install the DAP client version locks/dap.txt pins, or verify the patch on this version "
+            "(docs/design.md, Patch registry)"
+        )
     if isinstance(error, TruncatedDownloadError):
         return TRANSIENT, "a download ended before its data did: the retry downloads it again"
     if isinstance(error, asyncpg.PostgresError):

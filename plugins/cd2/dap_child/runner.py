@@ -37,7 +37,7 @@ from cd2.contract import (
     TableRef,
     TableResult,
 )
-from cd2.dap_child import api_budget, history, locks, server_version, staging, views
+from cd2.dap_child import api_budget, history, locks, patches, server_version, staging, views
 from cd2.dap_child.ddl_guard import views_kept_around_ddl
 from cd2.dap_child.errors import DapEnvironmentError, LockHeldTooLong, LockTimeout, PreviousCopyKept, classify
 from cd2.dap_child.quoting import qualified, quote_ident
@@ -81,7 +81,8 @@ async def read_table_state(conn: asyncpg.Connection, namespace: str, table: str)
 
 
 class RowCounter(logging.Handler):
-    """Picks the client's own "Inserted/Upserted N records" counts off its log, which costs nothing."""
+    """Picks the client's own "Inserted/Upserted N records" counts off its log, which costs nothing
+    (the ``row_counts`` patch: only where the client's code that logs them is as verified)."""
 
     PATTERN = re.compile(r"^(?:Inserted|Upserted) (\d+) records")
 
@@ -125,7 +126,7 @@ def _pacer(job: ListJob | TableJob) -> api_budget.Pacer:
         job.api_limit_window_seconds,
         job.rate_limited_wait_seconds,
     )
-    api_budget.install(pacer)
+    api_budget.pace_with(pacer)
     return pacer
 
 
@@ -167,7 +168,8 @@ async def replicate_table(job: TableJob) -> TableResult:
     url = _env(contract.ENV_DATABASE_URL)
     started = time.monotonic()
     counter = RowCounter()
-    logging.getLogger("dap").addHandler(counter)
+    if patches.is_active("row_counts"):
+        logging.getLogger("dap").addHandler(counter)
     lock_conn = await locks.connect_as(url, job.holder)
     try:
         await server_version.check(lock_conn)
@@ -405,7 +407,9 @@ def write_result(result: ListResult | TableResult) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run one job; logging is configured by the entry point (``python -m cd2.dap_child``)."""
     job = contract.job_from_argv(sys.argv[1:] if argv is None else argv)
+    active = None
     try:
+        active = patches.apply()
         result = asyncio.run(_run(job))
         code = 0
     except Exception as error:
@@ -422,5 +426,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         code = 1
     logger.info("peak memory %s MB", peak := peak_rss_mb())
+    if isinstance(result, TableResult):
+        result = replace(result, patches=active)
     write_result(replace(result, peak_rss_mb=peak))
     return code

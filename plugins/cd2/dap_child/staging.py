@@ -1,7 +1,7 @@
 """Initialize a table beside its previous copy, then swap the new copy in, in one transaction.
 
-What it patches: nothing global. :func:`staging_connection` gives the client (instructure-dap-client
-2.3.1) a ``DatabaseConnection`` of its own whose module-to-schema mapping sends the namespace's tables to
+What it patches: nothing global. :func:`staging_connection` gives the client a ``DatabaseConnection``
+of its own (the ``staging`` patch of :mod:`cd2.dap_child.patches`) whose module-to-schema mapping sends the namespace's tables to
 a staging schema and its ``instructure_dap`` metadata (``table_sync``, ``database_version``) to a second
 staging schema, so the client's own ``initialize`` (DDL, download, COPY, ``table_sync`` insert) runs
 unchanged, while readers keep querying the previous copy and ``instructure_dap.table_sync`` keeps its
@@ -12,9 +12,10 @@ transaction, so readers see either the previous copy or the new one. A failed in
 copy and its ``table_sync`` row untouched; the staging schemas are dropped on the next attempt.
 
 How to remove it: if a client version can initialize into a named target and replace it atomically,
-call that instead and delete this module. Until then, when upgrading the client, check that
-``DataclassConverter.options.namespaces`` still decides the schema and add the version to
-``VERIFIED_CLIENT_VERSIONS`` (tests/plugins/cd2/dap_child/test_fault_matrix.py covers it).
+call that instead and delete this module and its registry entry. Until then, when upgrading the client,
+check that ``DataclassConverter.options.namespaces`` still decides the schema and that ``table_sync`` has
+the columns :func:`_write_table_sync` copies (tests/plugins/cd2/dap_child/test_fault_matrix.py covers
+it) before adding the version to the registry's verified versions.
 """
 
 from __future__ import annotations
@@ -31,24 +32,18 @@ from dap.replicator import meta_schema
 from dap.replicator.sql_op import get_module_for_namespace
 
 from cd2.contract import TableRef
-from cd2.dap_child import history, locks, views
-from cd2.dap_child.client_version import CLIENT_DISTRIBUTION, installed_version
+from cd2.dap_child import history, locks, patches, views
 from cd2.dap_child.errors import ReadersHoldTable
 from cd2.dap_child.quoting import qualified, quote_ident
 
 logger = logging.getLogger(__name__)
 
-VERIFIED_CLIENT_VERSIONS = frozenset({"2.3.1"})
 STAGING_PREFIX = "cd2_stage_"
 LIVE_META_SCHEMA = "instructure_dap"
 # How long one try of the swap waits for the live table. A waiting DROP makes every new reader queue
 # behind it, so a try gives up soon, lets readers through for a pause, and tries again.
 SWAP_TRY_LOCK_TIMEOUT_MS = 2000
 SWAP_PAUSE_SECONDS = 3.0
-
-
-class StagingUnsupported(RuntimeError):
-    """The installed client is not a version whose schema mapping this module was verified against."""
 
 
 @dataclass(frozen=True)
@@ -66,19 +61,9 @@ class Stage:
 
 def staging_connection(url: str, ref: TableRef, stage: Stage) -> DatabaseConnection:
     """The client's connection for ``url``, mapping ``ref``'s namespace and the metadata to ``stage``."""
-    version = installed_version()
-    if version not in VERIFIED_CLIENT_VERSIONS:
-        raise StagingUnsupported(
-            f"{CLIENT_DISTRIBUTION} {version} is not verified for staged initialization "
-            f"(verified: {', '.join(sorted(VERIFIED_CLIENT_VERSIONS))})"
-        )
-    connection = DatabaseConnection(url)
-    generator = connection.connection.generator
-    mapping = generator.converter.options.namespaces.dictionary
-    mapping[get_module_for_namespace(ref.namespace)] = stage.data
-    mapping[meta_schema] = stage.meta
-    generator.options.namespaces = dict(mapping)
-    return connection
+    return patches.staged_connection(
+        url, {get_module_for_namespace(ref.namespace): stage.data, meta_schema: stage.meta}
+    )
 
 
 async def drop_stage(conn: asyncpg.Connection, stage: Stage) -> None:

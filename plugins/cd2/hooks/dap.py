@@ -142,7 +142,10 @@ class DapHook(BaseHook):
     def run_table_job(self, job: TableJob) -> TableResult:
         """Sync, init or plan one table (a sync of an uninitialized table reports ``init_needed``, no job;
         a plan reports ``planned`` and creates no job)."""
-        return self._decode(TableResult, self.run_child(job))
+        result = self._decode(TableResult, self.run_child(job))
+        if result.patches is not None:
+            self.log.info("DAP client patches active: %s", ", ".join(result.patches) or "none")
+        return result
 
     def kill_child(self) -> None:
         """Stop the running child process (task kill or timeout): SIGTERM, then SIGKILL after a grace."""

@@ -1,9 +1,10 @@
 """Checks of the accelerated reader that need the DAP client; run with the DAP interpreter.
 
 DAP_PYTHON child_checks.py install [UNVERIFIED]
-    Calls install() twice (as the child would, with the environment's settings); prints JSON with
-    what it returned, which reader class the client's init/sync modules then use, and every
-    warning logged. With UNVERIFIED, the verified versions are replaced by one the client isn't.
+    Applies the registry's ``accelerated_reader`` patch twice (as the child would, with the environment's
+    settings); prints JSON with whether it was active each time, which reader class the client's
+    init/sync modules then use, and every warning logged. With UNVERIFIED, the patch's verified
+    versions are replaced by one the client isn't.
 DAP_PYTHON child_checks.py records TSV_FILE CHUNK_SIZE...
     Reads TSV_FILE (columns named ``<type>.<name>``, type one of str, int, float, bool, datetime,
     json) as the client does (aiofiles.open(path, "rb") + AsyncTextReader), once stock and once per
@@ -13,6 +14,7 @@ DAP_PYTHON child_checks.py records TSV_FILE CHUNK_SIZE...
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import json
 import logging
@@ -21,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[4] / "plugins"))
 
-from cd2.dap_child import accelerated_reader  # noqa: E402
+from cd2.dap_child import accelerated_reader, patches  # noqa: E402
 
 
 class _Collect(logging.Handler):
@@ -36,10 +38,11 @@ class _Collect(logging.Handler):
 def check_install(unverified: bool) -> dict:
     warnings = _Collect()
     logging.getLogger().addHandler(warnings)
+    entry = patches.named("accelerated_reader")
     if unverified:
-        accelerated_reader.VERIFIED_CLIENT_VERSIONS = frozenset({"0.0.0-not-this-one"})
-    first = accelerated_reader.install()
-    second = accelerated_reader.install()
+        entry = tuple(dataclasses.replace(p, verified=frozenset({"0.0.0-not-this-one"})) for p in entry)
+    first = "accelerated_reader" in patches.apply(entry)
+    second = "accelerated_reader" in patches.apply(entry)
     from dap.replicator import sql_op_init, sql_op_sync
     from pysqlsync.data import exchange
 

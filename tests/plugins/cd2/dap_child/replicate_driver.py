@@ -2,20 +2,22 @@
 
     DAP_PYTHON replicate_driver.py init|sync NAMESPACE TABLE
 
-Like the child entry point, it calls ``install()`` of the accelerated reader and of the set-based
-upserts first (so ``CD2_ACCELERATED_READER=0 CD2_BULK_UPSERT=0`` runs the stock client), then runs ``SQLReplicator.version_upgrade`` and
-``initialize`` or ``synchronize`` with usage tracking off. Secrets come from the environment, never argv:
-``DAP_API_URL``, ``DAP_CLIENT_ID``, ``DAP_CLIENT_SECRET`` and ``CD2_REPLICA_URL`` (a ``postgresql://`` URL).
+Like the child, it first applies patches of the client from the registry (:mod:`cd2.dap_child.patches`):
+the accelerated reader and the set-based upserts (so ``CD2_ACCELERATED_READER=0 CD2_BULK_UPSERT=0`` runs
+the stock client), then runs ``SQLReplicator.version_upgrade`` and ``initialize`` or ``synchronize`` with
+usage tracking off. Secrets come from the environment, never argv: ``DAP_API_URL``, ``DAP_CLIENT_ID``,
+``DAP_CLIENT_SECRET`` and ``CD2_REPLICA_URL`` (a ``postgresql://`` URL).
 
-Prints one line ``DRIVER_RESULT {json}`` with ``accelerated`` and ``bulk_upsert`` (what each ``install()``
-returned), ``reader``
+Prints one line ``DRIVER_RESULT {json}`` with ``accelerated`` and ``bulk_upsert`` (whether each patch is
+active), ``reader``
 (the reader class the client's init/sync modules use), ``sync_batch_rows`` (the rows the client's sync
 writes per statement), ``seconds`` (the operation alone, after imports),
 ``download_seconds`` (the client downloading and gunzipping the objects), ``load_seconds`` (the client
 reading the downloaded files into the database: the part the accelerator speeds up) and ``max_rss_kib``
-(the process's peak resident set size). With ``CD2_STREAMING`` set (``1`` or ``0``), it also installs
-:mod:`cd2.dap_child.streaming` as the child does and reports what ``install()`` returned as
-``streaming``; unset, the client's own download path runs unpatched. The timings wrap the client's own methods without changing them.
+(the process's peak resident set size). With ``CD2_STREAMING`` set (``1`` or ``0``), it also applies the
+``download_check`` and ``streaming`` patches as the child does and reports which are active as
+``streaming`` (``{"download": ..., "streaming": ...}``); unset, the client's own download path runs
+unpatched. The timings wrap the client's own methods without changing them.
 With ``CD2_DRIVER_KEEP_FILES=DIR``, the downloaded TSV files are also copied to DIR (for a raw COPY of
 the very same bytes in the benchmark), outside the download and load timings.
 """
@@ -95,17 +97,16 @@ def main(argv: list[str]) -> None:
         raise SystemExit(f"operation must be init or sync, not {operation!r}")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     sys.path.insert(0, str(PLUGINS_DIR))
-    from cd2.dap_child.accelerated_reader import install
+    from cd2.dap_child import patches
 
-    accelerated = install()
-    from cd2.dap_child import bulk_upsert
-
-    bulk = bulk_upsert.install()
+    streams = "CD2_STREAMING" in os.environ  # else the client's own download-then-load path, unpatched
+    names = ["accelerated_reader", "bulk_upsert"] + (["download_check", "streaming"] if streams else [])
+    active = patches.apply(patches.named(*names))
+    accelerated = "accelerated_reader" in active
+    bulk = "bulk_upsert" in active
     streaming = None
-    if "CD2_STREAMING" in os.environ:  # else the client's own download-then-load path, unpatched
-        from cd2.dap_child import streaming as streaming_module
-
-        streaming = streaming_module.install()
+    if streams:
+        streaming = {"download": "download_check" in active, "streaming": "streaming" in active}
     from dap.api import DAPSession
     from dap.replicator import sql_op_init, sql_op_sync
 

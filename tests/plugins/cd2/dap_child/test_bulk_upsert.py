@@ -34,20 +34,21 @@ def test_a_batch_without_repeats_is_passed_through_as_is() -> None:
     assert last_record_per_key(batch, [0]) is batch
 
 
-# In the DAP interpreter: install() with the verified versions replaced by one the client is not.
+# In the DAP interpreter: the registry's patch applied with its verified versions replaced by one the
+# client is not.
 INSTALL_UNVERIFIED = """
-import json, logging, sys
+import dataclasses, json, logging, sys
 sys.path.insert(0, sys.argv[1])
 warnings = []
 class Collect(logging.Handler):
     def emit(self, record):
         warnings.append(record.getMessage())
 logging.getLogger().addHandler(Collect(logging.WARNING))
-from cd2.dap_child import bulk_upsert
+from cd2.dap_child import patches
 from pysqlsync.dialect.postgresql.connection import PostgreSQLContext
 stock = PostgreSQLContext._upsert_rows, PostgreSQLContext._delete_rows
-bulk_upsert.VERIFIED_CLIENT_VERSIONS = frozenset({"0.0.0-not-this-one"})
-installed = bulk_upsert.install()
+entry = [dataclasses.replace(p, verified=frozenset({"0.0.0-not-this-one"})) for p in patches.named("bulk_upsert")]
+installed = "bulk_upsert" in patches.apply(entry)
 unchanged = (PostgreSQLContext._upsert_rows, PostgreSQLContext._delete_rows) == stock
 print(json.dumps({"installed": installed, "unchanged": unchanged, "warnings": warnings}))
 """
