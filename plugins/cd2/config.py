@@ -12,9 +12,7 @@ from typing import Any
 from cd2.contract import (
     DEFAULT_API_LIMIT_WINDOW_SECONDS,
     DEFAULT_API_LIMITS,
-    DEFAULT_FRESHNESS_HOURS,
     DEFAULT_RATE_LIMITED_WAIT_SECONDS,
-    DEFAULT_RETENTION_HOURS,
     KEEP_EVERYTHING,
     NO_RETENTION,
     Action,
@@ -25,6 +23,12 @@ from cd2.contract import (
 )
 
 logger = logging.getLogger(__name__)
+
+# A table whose watermark is older than this is stale (DAP refreshes every 4 hours: three missed refreshes).
+DEFAULT_FRESHNESS_HOURS = 12.0
+# How far back the API serves a table's incremental queries, where Instructure publishes it (hours; an
+# older watermark needs a fresh snapshot). cd2_config 'retention_hours' adds or overrides tables.
+DEFAULT_RETENTION_HOURS: dict[str, float] = {"canvas_logs.web_logs": 30 * 24.0}
 
 # Namespaces the DAP client 2.3.1 can replicate (it ships a model module for each).
 KNOWN_NAMESPACES = ("canvas", "canvas_logs", "catalog", "new_quizzes")
@@ -53,7 +57,7 @@ class Freshness:
 @dataclass(frozen=True)
 class Retention:
     """How far back the API serves a table's incremental queries: ``overrides`` (``(pattern, hours)``,
-    first match wins) over the published :data:`cd2.contract.DEFAULT_RETENTION_HOURS`."""
+    first match wins) over the published :data:`DEFAULT_RETENTION_HOURS`."""
 
     overrides: tuple[tuple[str, float], ...] = ()
 

@@ -26,20 +26,9 @@ ENV_CLIENT_SECRET = "DAP_CLIENT_SECRET"
 ENV_DATABASE_URL = "CD2_DATABASE_URL"
 # File descriptor number the child writes its one JSON result line to.
 ENV_RESULT_FD = "CD2_RESULT_FD"
-# What starts each line of the child's output (its log, see dap_child.logs) in the task log.
-RELAYED_PREFIX = "[dap] "
 
 DEFAULT_HOLDER = "cd2_replica"
 DEFAULT_LOCK_WAIT_SECONDS = 300.0
-# A table lock held longer than this is an error, not a busy table (a big init takes hours, not a day).
-DEFAULT_LOCK_HELD_LIMIT_SECONDS = 24 * 3600.0
-# The oldest target server Instructure supports for the client (16.3); the client itself does not check.
-MIN_SERVER_VERSION_NUM = 160003
-# A table whose watermark is older than this is stale (DAP refreshes every 4 hours: three missed refreshes).
-DEFAULT_FRESHNESS_HOURS = 12.0
-# How far back the API serves a table's incremental queries, where Instructure publishes it (hours; an
-# older watermark needs a fresh snapshot). cd2_config 'retention_hours' adds or overrides tables.
-DEFAULT_RETENTION_HOURS: dict[str, float] = {"canvas_logs.web_logs": 30 * 24.0}
 # A TableJob's retention_hours when no retention is known for the table.
 NO_RETENTION = 0.0
 # A TableJob's keep_days when the replica keeps every row (cd2_config 'keep_days' bounds log tables).
@@ -471,7 +460,7 @@ class TableResult(_Record):
     error: ChildError | None = None
     # Views on the table that could not be recreated (kept as text in cd2_replica.saved_views).
     views_needing_person: list[str] | None = None
-    server_warning: str | None = None  # the target server is older than MIN_SERVER_VERSION_NUM
+    server_warning: str | None = None  # the target server is older than Instructure supports
     plan: TablePlan | None = None
     rows_kept: int | None = None
     rows_pruned: int | None = None

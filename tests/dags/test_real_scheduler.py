@@ -13,7 +13,7 @@ from datetime import UTC
 import psycopg2
 import pytest
 
-from cd2.contract import RELAYED_PREFIX
+from cd2.hooks.dap import RELAYED_PREFIX
 from local_dap.airflow_home import dap_connection, postgres_connection
 from local_dap.control import start_emulator, write_extra_tables
 from local_dap.deployment import Deployment

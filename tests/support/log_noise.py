@@ -37,7 +37,7 @@ AIRFLOW_NOISE = (
 # The product's own warning when the target server is older than Instructure supports (CI's pass on
 # the system's PostgreSQL 15): expected there, a false alarm anywhere else.
 OLD_SERVER_WARNING = "the oldest Instructure supports for the DAP client"
-# cd2.contract.MIN_SERVER_VERSION_NUM (16.3); the DAG-level tests run without plugins/ on their path.
+# cd2.dap_child.server_version.MIN_SERVER_VERSION_NUM (16.3); the DAG-level tests run without plugins/ on their path.
 MIN_SERVER_VERSION_NUM = 160003
 
 

@@ -15,12 +15,11 @@ import re
 import sys
 import time
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
 import asyncpg
-from dap.api import DAPClient, DAPSession
+from dap.api import DAPSession
 from dap.dap_error import OutOfRangeError, SnapshotRequiredError
-from dap.dap_types import Credentials
 from dap.integration.database import DatabaseConnection
 from dap.replicator.sql import SQLReplicator
 from pysqlsync.base import QueryException
@@ -31,53 +30,23 @@ from cd2.contract import (
     ListJob,
     ListResult,
     Outcome,
-    PlannedAction,
     TableJob,
-    TablePlan,
     TableRef,
     TableResult,
 )
-from cd2.dap_child import api_budget, history, locks, patches, server_version, staging, views
+from cd2.dap_child import history, locks, patches, server_version, staging, views
 from cd2.dap_child.ddl_guard import views_kept_around_ddl
-from cd2.dap_child.errors import DapEnvironmentError, LockHeldTooLong, LockTimeout, PreviousCopyKept, classify
-from cd2.dap_child.quoting import qualified, quote_ident
+from cd2.dap_child.errors import LockHeldTooLong, LockTimeout, PreviousCopyKept, classify
+from cd2.dap_child.plan import plan_table
+from cd2.dap_child.session import dap_client, env, pacer_for
+from cd2.dap_child.table_state import TableState, read_table_state, watermark_iso
 
 logger = logging.getLogger("cd2.dap_child")
 PARENT_POLL_SECONDS = 2.0
+# A table lock held longer than this is an error, not a busy table (a big init takes hours, not a day).
+LOCK_HELD_LIMIT_SECONDS = 24 * 3600.0
 # A version_upgrade that loses a race with a foreign process (the dap CLI) is retried this often.
 VERSION_UPGRADE_TRIES = 3
-
-
-@dataclass(frozen=True)
-class TableState:
-    """What ``instructure_dap.table_sync`` and the catalog say about one table."""
-
-    initialized: bool
-    table_exists: bool
-    watermark: datetime | None = None
-    schema_version: int | None = None
-
-    @property
-    def half_initialized(self) -> bool:
-        """The table exists without a ``table_sync`` row: what an init that died part-way leaves."""
-        return self.table_exists and not self.initialized
-
-
-async def read_table_state(conn: asyncpg.Connection, namespace: str, table: str) -> TableState:
-    """Initialized means a ``table_sync`` row exists; never decided from an exception's text."""
-    qualified = f"{quote_ident(namespace)}.{quote_ident(table)}"
-    table_exists = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", qualified)
-    if not await conn.fetchval("SELECT to_regclass('instructure_dap.table_sync') IS NOT NULL"):
-        return TableState(initialized=False, table_exists=table_exists)
-    row = await conn.fetchrow(
-        'SELECT "timestamp", schema_version FROM instructure_dap.table_sync '
-        "WHERE source_namespace = $1 AND source_table = $2",
-        namespace,
-        table,
-    )
-    if row is None:
-        return TableState(initialized=False, table_exists=table_exists)
-    return TableState(True, table_exists, row["timestamp"], row["schema_version"])
 
 
 class RowCounter(logging.Handler):
@@ -96,42 +65,8 @@ class RowCounter(logging.Handler):
             self.rows = (self.rows or 0) + int(match.group(1))
 
 
-def _env(name: str) -> str:
-    value = os.environ.get(name)
-    if not value:
-        raise DapEnvironmentError(f"environment variable {name} is not set")
-    return value
-
-
-def _client() -> DAPClient:
-    credentials = Credentials.create(
-        client_id=_env(contract.ENV_CLIENT_ID), client_secret=_env(contract.ENV_CLIENT_SECRET)
-    )
-    return DAPClient(os.environ.get(contract.ENV_API_URL) or None, credentials, tracking=False)
-
-
-def _iso(value: datetime | None) -> str | None:
-    """ISO 8601; table_sync holds watermarks as naive UTC."""
-    if value is None:
-        return None
-    return value.isoformat() + "Z" if value.tzinfo is None else value.isoformat()
-
-
-def _pacer(job: ListJob | TableJob) -> api_budget.Pacer:
-    """The shared API budget, in the target database, for this job's limits."""
-    pacer = api_budget.Pacer(
-        _env(contract.ENV_DATABASE_URL),
-        _env(contract.ENV_CLIENT_ID),
-        contract.parse_api_limits(job.api_limits),
-        job.api_limit_window_seconds,
-        job.rate_limited_wait_seconds,
-    )
-    api_budget.pace_with(pacer)
-    return pacer
-
-
 async def list_tables(job: ListJob) -> ListResult:
-    async with _pacer(job), _client() as session:
+    async with pacer_for(job), dap_client() as session:
         return ListResult(tables={ns: sorted(await session.get_tables(ns)) for ns in job.namespace})
 
 
@@ -165,7 +100,7 @@ class _Done:
 async def replicate_table(job: TableJob) -> TableResult:
     """Sync or init one table, holding its lock throughout; every API call paced by the shared budget."""
     ref = job.ref
-    url = _env(contract.ENV_DATABASE_URL)
+    url = env(contract.ENV_DATABASE_URL)
     started = time.monotonic()
     counter = RowCounter()
     if patches.is_active("row_counts"):
@@ -177,7 +112,7 @@ async def replicate_table(job: TableJob) -> TableResult:
             await locks.lock_table(lock_conn, ref.label, job.lock_wait_seconds)
         except LockTimeout:
             return await _busy(lock_conn, ref, time.monotonic() - started)
-        async with _pacer(job), _client() as session:
+        async with pacer_for(job), dap_client() as session:
             replicator = SQLReplicator(session, DatabaseConnection(url))
             await version_upgrade(replicator, lock_conn)
             await views.ensure_table(lock_conn)
@@ -202,8 +137,8 @@ async def replicate_table(job: TableJob) -> TableResult:
         reinit=done.reinit,
         rows=counter.rows,
         duration_seconds=round(time.monotonic() - started, 3),
-        watermark_before=_iso(before.watermark),
-        watermark_after=_iso(after.watermark),
+        watermark_before=watermark_iso(before.watermark),
+        watermark_after=watermark_iso(after.watermark),
         schema_version=after.schema_version,
         views_needing_person=needing or None,
         server_warning=server_version.found,
@@ -217,7 +152,7 @@ async def _busy(conn: asyncpg.Connection, ref: TableRef, waited: float) -> Table
     holder, since = await locks.table_lock_holding(conn, ref.label)
     held = (datetime.now(since.tzinfo) - since).total_seconds() if since else 0.0
     who = f"{holder or 'another session'} since {since.isoformat() if since else 'an unknown time'}"
-    if held > contract.DEFAULT_LOCK_HELD_LIMIT_SECONDS:
+    if held > LOCK_HELD_LIMIT_SECONDS:
         raise LockHeldTooLong(f"{ref.label} has been locked by {who} ({held / 3600:.1f} h)")
     logger.info("%s is busy: being worked on by %s; not touched this time", ref.label, who)
     return TableResult(
@@ -284,73 +219,6 @@ async def _init(
         raise
     kept_history = history.keeps_history(ref) and before.table_exists
     return _Done(Outcome.INITIALIZED, reinit=before.initialized, rows_kept=kept if kept_history else None)
-
-
-async def plan_table(job: TableJob) -> TableResult:
-    """What a sync or init run would do to one table, changing nothing: reads ``table_sync`` and the
-    catalog, takes no lock, and asks the API only for the table's schema (paced; no job created)."""
-    ref = job.ref
-    started = time.monotonic()
-    conn = await locks.connect_as(_env(contract.ENV_DATABASE_URL), job.holder)
-    try:
-        await server_version.check(conn)
-        holder, since = await locks.table_lock_holding(conn, ref.label)
-        async with _pacer(job), _client() as session:
-            api_version = (await session.get_table_schema(ref.namespace, ref.name)).version
-        state = await read_table_state(conn, ref.namespace, ref.name)
-        rows = None
-        if state.table_exists:
-            rows = await conn.fetchval(f"SELECT count(*) FROM {qualified(ref.namespace, ref.name)}")
-        now = datetime.now(UTC)
-        if holder:
-            # A run would wait for the lock, then report the table busy and leave it alone.
-            action, reason = PlannedAction.NOTHING, f"busy: worked on by {holder} since {since}"
-        else:
-            action, reason = plan_action(
-                state, api_version, forced=job.reinit, retention_hours=job.retention_hours, now=now
-            )
-        kept = None
-        if action is PlannedAction.REINIT and history.keeps_history(ref) and job.retention_hours:
-            kept = await history.rows_older_than(conn, ref, now - timedelta(hours=job.retention_hours))
-    finally:
-        await conn.close()
-    logger.info("%s: a run would %s (%s)", ref.label, action, reason)
-    return TableResult(
-        label=ref.label,
-        outcome=Outcome.PLANNED,
-        reason=reason,
-        duration_seconds=round(time.monotonic() - started, 3),
-        watermark_before=_iso(state.watermark),
-        schema_version=state.schema_version,
-        server_warning=server_version.found,
-        plan=TablePlan(action, reason, rows, state.schema_version, api_version, kept),
-    )
-
-
-def plan_action(
-    state: TableState, api_version: int, *, forced: bool, retention_hours: float, now: datetime
-) -> tuple[PlannedAction, str]:
-    """The sync and init steps' decisions above, predicted from the table's state (first match wins).
-
-    A watermark older than the API's retention is what makes the API answer a sync with
-    ``OutOfRangeError`` (handled in :func:`_sync` as a re-init).
-    """
-    if state.half_initialized:
-        return PlannedAction.INIT, "half-initialized leftover (no table_sync row): a fresh init replaces it"
-    if not state.initialized:
-        return PlannedAction.INIT, "not in the replica"
-    if forced:
-        return PlannedAction.REINIT, "force_reinit"
-    if retention_hours and state.watermark is not None:
-        watermark = state.watermark.replace(tzinfo=UTC) if state.watermark.tzinfo is None else state.watermark
-        if now - watermark > timedelta(hours=retention_hours):
-            return PlannedAction.REINIT, f"watermark older than the API's retention ({retention_hours:g}h)"
-    if state.schema_version is not None and state.schema_version < api_version:
-        return (
-            PlannedAction.SYNC,
-            f"schema change: version {state.schema_version} -> {api_version}, applied by the sync",
-        )
-    return PlannedAction.SYNC, "initialized"
 
 
 async def _drop_stage_quietly(conn: asyncpg.Connection, stage: staging.Stage) -> None:

@@ -1,5 +1,5 @@
 """The target server's version: the client does not check it, and a server older than Instructure
-supports (:data:`cd2.contract.MIN_SERVER_VERSION_NUM`) fails in obscure ways, so the child warns.
+supports (:data:`MIN_SERVER_VERSION_NUM`) fails in obscure ways, so the child warns.
 
 The warning is logged (it reaches the task log) and kept in :data:`found`, which the child's result
 carries (``TableResult.server_warning``) whether or not the job then succeeds, so it reaches the
@@ -12,9 +12,10 @@ import logging
 
 import asyncpg
 
-from cd2.contract import MIN_SERVER_VERSION_NUM
-
 logger = logging.getLogger("cd2.dap_child")
+
+# The oldest target server Instructure supports for the client (16.3); the client itself does not check.
+MIN_SERVER_VERSION_NUM = 160003
 
 found: str | None = None
 

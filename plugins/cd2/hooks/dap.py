@@ -39,6 +39,8 @@ PASSED_THROUGH = (
     "CD2_ACCELERATED_READER", "CD2_BULK_UPSERT", "CD2_STREAMING", "CD2_STREAMING_PREFETCH",
 )  # fmt: skip
 KILL_GRACE_SECONDS = 10
+# What starts each line of the child's output (its log, see dap_child.logs) in the task log.
+RELAYED_PREFIX = "[dap] "
 TAIL_LINES = 20
 
 
@@ -284,7 +286,7 @@ class DapHook(BaseHook):
                 line = raw.decode(errors="replace").rstrip()
                 tail.append(line)
                 level = child_log_level(line, level)
-                self.log.log(level, "%s%s", contract.RELAYED_PREFIX, line)
+                self.log.log(level, "%s%s", RELAYED_PREFIX, line)
             returncode = child.wait()
         except BaseException:
             self.kill_child()
