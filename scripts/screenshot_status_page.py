@@ -1,4 +1,4 @@
-"""Screenshot the status page (plugins/cd2/status_page.py) inside the Airflow UI: docs/status-page.png.
+"""Screenshot the status page (plugins/cd2/status_page/) inside the Airflow UI: docs/status-page.png.
 
 Starts the real-scheduler deployment (local_dap.deployment) against a throwaway PostgreSQL and the DAP
 emulator, runs the DAG twice (every table, then one after the emulator's clock moved), signs in and

@@ -2,7 +2,7 @@
 
 One deployment and one rate-limited emulator for the module: a first run of every table at once
 against an empty database, then a clear of one table in that finished run, then the status page
-(plugins/cd2/status_page.py) as the API server serves it.
+(plugins/cd2/status_page/) as the API server serves it.
 """
 
 from __future__ import annotations

@@ -53,7 +53,10 @@ def test_plugins_zip_has_the_plugins_packages_at_its_root(built_bundle: Path) ->
         for path in bundle.source_files(REPO_ROOT / "plugins")
     }
     assert "cd2/__init__.py" in expected
-    assert {"cd2_status_plugin.py", "cd2/status_page.py"} <= expected  # the status page and its registration
+    assert {
+        "cd2_status_plugin.py",
+        "cd2/status_page/__init__.py",
+    } <= expected  # the status page and its registration
     # Keeps Airflow's plugin loader from importing every module of cd2/ as a top-level plugin.
     assert ".airflowignore" in expected
     assert expected <= names

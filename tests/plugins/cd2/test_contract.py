@@ -26,8 +26,9 @@ from cd2.contract import (
     TableResult,
     job_from_argv,
 )
+from cd2.dag_names import SYNC_TASK_ID
 from cd2.hooks.dap import DapPermanentError, DapTransientError, airflow_error, raise_for_try
-from cd2.status_page import SYNC_TASK_ID, last_outcome, render_html, table_statuses
+from cd2.status_page import last_outcome, render_html, table_statuses
 from cd2.summary import compose, summarize_table
 from tests.support.paths import REPO_ROOT
 

@@ -16,10 +16,9 @@ import pytest
 
 from cd2 import status_page
 from cd2.contract import Action, ChildError, ErrorCategory, Outcome, TableJob, TableResult
+from cd2.dag_names import INIT_TASK_ID, SYNC_TASK_ID
 from cd2.hooks.dap import DapHook
 from cd2.status_page import (
-    INIT_TASK_ID,
-    SYNC_TASK_ID,
     LastOutcome,
     ReplicaTable,
     freshness_from_config,
@@ -72,7 +71,7 @@ def test_read_replica_gives_each_table_sync_row_with_its_exact_count(replica, mo
         # Above the limit the planner's estimate stands in for count(*) (exact here, after ANALYZE).
         with conn.cursor() as cur:
             cur.execute("ANALYZE canvas.accounts")
-        monkeypatch.setattr(status_page, "EXACT_COUNT_LIMIT", 1)
+        monkeypatch.setattr(status_page.replica, "EXACT_COUNT_LIMIT", 1)
         accounts = read_replica(conn)["canvas.accounts"]
         assert accounts.rows_estimated and accounts.rows == expected["canvas.accounts"][2]
     finally:
