@@ -47,7 +47,7 @@ class RateLimitExhausted(Exception):
 
 
 class DapEnvironmentError(Exception):
-    """A required environment variable of the child is missing."""
+    """An environment variable of the child is missing or holds a value it cannot use."""
 
 
 class DiskSpaceError(Exception):
@@ -208,7 +208,10 @@ def _rule(error: BaseException) -> tuple[ErrorCategory, str] | None:
             "retry loads the table again, and readers keep the previous copy meanwhile"
         )
     if isinstance(error, DapEnvironmentError):
-        return PERMANENT, "the child process was started without its environment: check the DAP hook"
+        return PERMANENT, (
+            "set the environment variable named above as it says (MWAA: startup.sh or the environment's "
+            "configuration; locally: the Makefile), or check the DAP hook that starts the child"
+        )
     if isinstance(error, DiskSpaceError):
         return PERMANENT, (
             "the worker's TMPDIR cannot hold this table's next object: give the worker more disk or run "

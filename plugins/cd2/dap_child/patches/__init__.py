@@ -27,7 +27,7 @@ from importlib import metadata
 from typing import Any
 
 from cd2.dap_child import accelerated_reader, api_budget, bulk_upsert, streaming
-from cd2.dap_child.errors import PatchUnavailable
+from cd2.dap_child.errors import DapEnvironmentError, PatchUnavailable
 from cd2.dap_child.patches import client_bodies
 
 logger = logging.getLogger(__name__)
@@ -123,9 +123,19 @@ def installed_version() -> str | None:
         return None
 
 
+SWITCH_ON, SWITCH_OFF = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
 def switched_on(setting: str) -> bool:
-    """Whether the environment variable ``setting`` leaves a patch on: on unless ``0``/``false``/``no``/``off``."""
-    return os.environ.get(setting, "1").strip().lower() not in {"0", "false", "no", "off"}
+    """Whether the environment variable ``setting`` leaves a patch on (unset: on); a value that is
+    neither on nor off is refused, naming the variable, rather than read as on."""
+    raw = os.environ.get(setting, "1")
+    value = raw.strip().lower()
+    if value not in SWITCH_ON + SWITCH_OFF:
+        raise DapEnvironmentError(
+            f"{setting}={raw!r} is neither on ({'/'.join(SWITCH_ON)}) nor off ({'/'.join(SWITCH_OFF)})"
+        )
+    return value in SWITCH_ON
 
 
 # -- installing: the only assignments to the client in the child ---------------------------------------

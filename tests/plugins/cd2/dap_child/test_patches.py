@@ -220,6 +220,18 @@ def test_the_task_log_names_the_active_patches_in_one_line(
     assert "left off" not in task_log
 
 
+def test_a_switch_that_is_neither_on_nor_off_refuses_the_task_naming_it(
+    connections, dap_emulator, database_url, monkeypatch
+) -> None:
+    monkeypatch.setenv("CD2_BULK_UPSERT", "O")  # a typo of 0, which reading as on would hide
+    with pytest.raises(DapPermanentError, match="DapEnvironmentError") as refused:
+        run(DapHook(), Action.INIT, "users")
+    assert (
+        "CD2_BULK_UPSERT='O' is neither on (1/true/yes/on) nor off (0/false/no/off)"
+        in refused.value.error.message
+    )
+
+
 def test_a_speed_patch_whose_client_code_moved_is_left_off_and_the_clients_own_path_runs(
     connections, dap_emulator, postgres_server, database_url, tmp_path, capfd
 ) -> None:
