@@ -83,12 +83,18 @@ def _sleep_in_background(server, errors: list) -> threading.Thread:
     thread = threading.Thread(target=sleep)
     thread.start()
     deadline = time.monotonic() + 60
-    with server.connect() as conn, conn.cursor() as cur:
-        while thread.is_alive() and time.monotonic() < deadline:
-            cur.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'")
-            if cur.fetchone()[0]:
-                return thread
-            time.sleep(0.05)
+    # Not `with conn`: that opens one transaction (psycopg2 2.9, autocommit too), in which
+    # pg_stat_activity is a snapshot taken at the first poll, so a sleeper that starts later is never seen.
+    conn = server.connect()
+    try:
+        with conn.cursor() as cur:
+            while thread.is_alive() and time.monotonic() < deadline:
+                cur.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'")
+                if cur.fetchone()[0]:
+                    return thread
+                time.sleep(0.05)
+    finally:
+        conn.close()
     raise AssertionError(f"the background session never slept: {errors}")
 
 
