@@ -73,19 +73,26 @@ def read_replica(conn: PgConnection) -> dict[str, ReplicaTable]:
                     pass
             oldest = None
             if estimate is not None and namespace in APPEND_ONLY_NAMESPACES:
-                oldest = _oldest_row(cur, schema, target)
+                oldest = _oldest_row(cur, schema, target, big=estimated)
             label = TableRef(namespace, table).label
             found[label] = ReplicaTable(label, _utc(watermark), version, count, estimated, oldest)
     return found
 
 
-def _oldest_row(cur: Any, schema: str, table: str) -> datetime | None:
-    """The table's smallest ``TIME_COLUMN``; None when it has none, is empty or the query times out."""
-    cur.execute(
-        "SELECT true FROM pg_attribute WHERE attrelid = %s::regclass AND attname = %s AND NOT attisdropped",
-        (sql.Identifier(schema, table).as_string(cur), TIME_COLUMN),
-    )
-    if cur.fetchone() is None:
+# Whether the table has the time column, and whether a valid index leads with it (keep_days' does).
+_TIME_COLUMN = """
+SELECT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = a.attrelid AND i.indkey[0] = a.attnum AND i.indisvalid)
+FROM pg_attribute a WHERE a.attrelid = %s::regclass AND a.attname = %s AND NOT a.attisdropped
+"""
+
+
+def _oldest_row(cur: Any, schema: str, table: str, *, big: bool) -> datetime | None:
+    """The table's smallest ``TIME_COLUMN``; None when it has none, is empty, the query times out, or
+    it is ``big`` (over ``EXACT_COUNT_LIMIT``) with no index leading with the column: like count(*),
+    min() would then read the whole table on every page load."""
+    cur.execute(_TIME_COLUMN, (sql.Identifier(schema, table).as_string(cur), TIME_COLUMN))
+    found = cur.fetchone()
+    if found is None or (big and not found[0]):
         return None
     try:
         cur.execute(

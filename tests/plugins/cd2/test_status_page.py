@@ -98,6 +98,24 @@ def test_read_replica_gives_a_log_tables_oldest_row_and_no_oldest_row_for_other_
     assert f"<td>{oldest:%Y-%m-%d %H:%M:%S}</td>" in render_html(statuses, now=NOW)
 
 
+def test_a_big_log_table_has_an_oldest_row_only_through_an_index_on_its_time(replica, monkeypatch):
+    DapHook().run_table_job(TableJob(action=Action.INIT, namespace="canvas_logs", table="web_logs"))
+    monkeypatch.setattr(status_page.replica, "EXACT_COUNT_LIMIT", 1)
+    with psycopg2.connect(replica) as conn, conn.cursor() as cur:
+        cur.execute("ANALYZE canvas_logs.web_logs")
+    conn = status_page.connect_replica()
+    try:
+        assert read_replica(conn)["canvas_logs.web_logs"].oldest_row is None  # min() would read it all
+        with conn.cursor() as cur:
+            cur.execute('CREATE INDEX ON canvas_logs.web_logs ("timestamp")')
+            cur.execute('SELECT min("timestamp") FROM canvas_logs.web_logs')
+            (oldest,) = cur.fetchone()
+        found = read_replica(conn)["canvas_logs.web_logs"]
+        assert found.rows_estimated and found.oldest_row == oldest.replace(tzinfo=UTC)
+    finally:
+        conn.close()
+
+
 def test_read_replica_of_a_database_the_client_never_touched_is_empty(database_url):
     with psycopg2.connect(database_url) as conn:
         assert read_replica(conn) == {}
