@@ -258,14 +258,21 @@ def postgres_connection(url: str) -> dict[str, Any]:
     }
 
 
-def _run_env(connections: Mapping[str, Mapping[str, Any] | str], config: Mapping[str, Any] | None) -> dict:
-    """Connections as ``AIRFLOW_CONN_*`` (JSON) and the ``cd2_config`` Variable as ``AIRFLOW_VAR_*``."""
+def _run_env(
+    connections: Mapping[str, Mapping[str, Any] | str],
+    config: Mapping[str, Any] | None,
+    variables: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict:
+    """Connections as ``AIRFLOW_CONN_*`` (JSON), the ``cd2_config`` Variable and any ``variables`` as
+    ``AIRFLOW_VAR_*``."""
     env = {
         f"AIRFLOW_CONN_{conn_id.upper()}": value if isinstance(value, str) else json.dumps(value)
         for conn_id, value in connections.items()
     }
     if config is not None:
         env["AIRFLOW_VAR_CD2_CONFIG"] = json.dumps(config)
+    for name, value in (variables or {}).items():
+        env[f"AIRFLOW_VAR_{name.upper()}"] = json.dumps(value)
     return env
 
 

@@ -65,6 +65,13 @@ class TaskInstance:
     end_date: str | None = None
 
 
+def dag_ids(instances: Sequence[str]) -> list[str]:
+    """The DAG of each instance, as the DAG file names them (:mod:`cd2.instances`)."""
+    from cd2.instances import instances_from  # plugins/ is on the path of the tests that pass instances
+
+    return [instance.dag_id for instance in instances_from(",".join(instances))] if instances else [DAG_ID]
+
+
 class Deployment:
     """A running deployment: its home, its environment, its API."""
 
@@ -86,14 +93,18 @@ class Deployment:
         *,
         connections: Mapping[str, Mapping[str, Any] | str],
         config: Mapping[str, Any] | None = None,
+        variables: Mapping[str, Mapping[str, Any]] | None = None,
+        instances: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
         parallelism: int = 16,
         pools: Mapping[str, int] | None = None,
         retry_delay: timedelta | None = None,
         timeout: float = 180,
     ) -> Iterator[Deployment]:
-        """Create the metadata database and home, migrate, start the three components, wait for the DAG.
+        """Create the metadata database and home, migrate, start the three components, wait for the DAGs.
 
+        ``instances`` sets ``[cd2] instances`` (none: the one default instance); ``variables`` are more
+        Variables (an instance's ``cd2_config_NAME``) beside ``config``, the ``cd2_config`` Variable.
         ``retry_delay`` replaces every task's retry delay (a cluster policy in this home only), so a
         test sees a retry without waiting the DAG's minutes.
         """
@@ -134,7 +145,9 @@ class Deployment:
             "AIRFLOW__CD2__SCHEDULE": "",
             "CD2_DAP_PYTHON": str(DAP_PYTHON),
         }
-        base |= _run_env(connections, config) | dict(env or {})
+        base |= _run_env(connections, config, variables) | dict(env or {})
+        if instances:
+            base["AIRFLOW__CD2__INSTANCES"] = ",".join(instances)
         deployment = cls(home, base, api_url, password)
         try:
             deployment._airflow(["db", "migrate"])
@@ -143,7 +156,8 @@ class Deployment:
             deployment._wait_for_api(timeout)
             for name, slots in (pools or {}).items():
                 deployment.set_pool(name, slots)
-            deployment.wait_for_dag(timeout=timeout)
+            for dag_id in dag_ids(instances):
+                deployment.wait_for_dag(dag_id, timeout=timeout)
             yield deployment
         finally:
             deployment.stop()

@@ -18,6 +18,7 @@ from airflow.sdk import Asset, AssetAlias
 
 from cd2.contract import Outcome, TableRef, TableResult
 
+# The default instance's alias; another instance NAME's is ``cd2_replica_NAME_tables`` (cd2.instances).
 TABLES_ALIAS = "cd2_replica_tables"
 
 
@@ -42,9 +43,9 @@ def asset_extra(result: TableResult) -> dict[str, Any]:
     }
 
 
-def emit_table_event(context: Any, uri: str, result: TableResult) -> bool:
-    """Attach an event for this table to the alias if the table changed; returns whether it did."""
+def emit_table_event(context: Any, uri: str, result: TableResult, alias: str = TABLES_ALIAS) -> bool:
+    """Attach an event for this table to ``alias`` if the table changed; returns whether it did."""
     if not changed(result):
         return False
-    context["outlet_events"][AssetAlias(TABLES_ALIAS)].add(Asset(uri), extra=asset_extra(result))
+    context["outlet_events"][AssetAlias(alias)].add(Asset(uri), extra=asset_extra(result))
     return True

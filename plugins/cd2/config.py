@@ -21,6 +21,7 @@ from cd2.contract import (
     TableRef,
     format_api_limits,
 )
+from cd2.dag_names import CONFIG_VARIABLE
 
 logger = logging.getLogger(__name__)
 
@@ -123,51 +124,55 @@ _MOVED = {
 }
 
 
-def parse_config(raw: str | Mapping[str, Any] | None) -> Cd2Config:
-    """Parse the Variable's value (JSON text or an already decoded object); empty means all defaults."""
-    logger.info("Parsing the Variable cd2_config")
+def parse_config(raw: str | Mapping[str, Any] | None, variable: str = CONFIG_VARIABLE) -> Cd2Config:
+    """Parse the Variable's value (JSON text or an already decoded object); empty means all defaults.
+    Errors name ``variable`` (an instance's Variable: :mod:`cd2.instances`)."""
+    logger.info("Parsing the Variable %s", variable)
     if raw is None or (isinstance(raw, str) and not raw.strip()):
         return Cd2Config()
     if isinstance(raw, str):
         try:
             raw = json.loads(raw)
         except json.JSONDecodeError as error:
-            raise ConfigError(f"Variable cd2_config is not valid JSON: {error}") from None
+            raise ConfigError(f"Variable {variable} is not valid JSON: {error}") from None
     if not isinstance(raw, Mapping):
-        raise ConfigError(f"Variable cd2_config must be a JSON object, got {type(raw).__name__}")
-    for key in sorted(set(raw) & set(_MOVED)):
-        raise ConfigError(f"Variable cd2_config: {key!r} moved to {_MOVED[key]}; remove it here")
-    unknown = sorted(set(raw) - set(_KEYS))
+        raise ConfigError(f"Variable {variable} must be a JSON object, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(_KEYS) - set(_MOVED))
     if unknown:
-        raise ConfigError(f"Variable cd2_config has unknown key(s) {unknown}; known keys: {list(_KEYS)}")
+        raise ConfigError(f"Variable {variable} has unknown key(s) {unknown}; known keys: {list(_KEYS)}")
+    try:
+        return _parse_keys(raw)
+    except ConfigError as error:
+        raise ConfigError(f"Variable {variable}: {error}") from None
 
+
+def _parse_keys(raw: Mapping[str, Any]) -> Cd2Config:
+    for key in sorted(set(raw) & set(_MOVED)):
+        raise ConfigError(f"{key!r} moved to {_MOVED[key]}; remove it here")
     namespaces = _string_list(raw, "namespaces", default=DEFAULT_NAMESPACES)
     if not namespaces:
-        raise ConfigError("Variable cd2_config: 'namespaces' is empty; name at least one namespace")
+        raise ConfigError("'namespaces' is empty; name at least one namespace")
     for namespace in namespaces:
         if namespace not in KNOWN_NAMESPACES:
             raise ConfigError(
-                f"Variable cd2_config: unknown namespace {namespace!r} in 'namespaces'; "
-                f"known namespaces: {list(KNOWN_NAMESPACES)}"
+                f"unknown namespace {namespace!r} in 'namespaces'; known namespaces: {list(KNOWN_NAMESPACES)}"
             )
 
     topic = raw.get("sns_topic_arn")
     if topic is not None and (not isinstance(topic, str) or not topic.startswith("arn:")):
-        raise ConfigError(f"Variable cd2_config: 'sns_topic_arn' must be an SNS topic ARN, got {topic!r}")
+        raise ConfigError(f"'sns_topic_arn' must be an SNS topic ARN, got {topic!r}")
 
     limits = dict(DEFAULT_API_LIMITS)
     given = raw.get("api_limits", {})
     if not isinstance(given, Mapping):
-        raise ConfigError(f"Variable cd2_config: 'api_limits' must be an object, got {given!r}")
+        raise ConfigError(f"'api_limits' must be an object, got {given!r}")
     for name, count in given.items():
         if name not in set(ApiEndpoint):
             raise ConfigError(
-                f"Variable cd2_config: unknown endpoint {name!r} in 'api_limits'; known: {list(map(str, ApiEndpoint))}"
+                f"unknown endpoint {name!r} in 'api_limits'; known: {list(map(str, ApiEndpoint))}"
             )
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            raise ConfigError(
-                f"Variable cd2_config: 'api_limits' {name!r} must be a positive integer, got {count!r}"
-            )
+            raise ConfigError(f"'api_limits' {name!r} must be a positive integer, got {count!r}")
         limits[name] = count
     window = _seconds(raw, "api_limit_window_seconds", DEFAULT_API_LIMIT_WINDOW_SECONDS)
 
@@ -190,13 +195,13 @@ def parse_config(raw: str | Mapping[str, Any] | None) -> Cd2Config:
 def _seconds(raw: Mapping[str, Any], key: str, default: float) -> float:
     value = raw.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ConfigError(f"Variable cd2_config: {key!r} must be a positive number of seconds, got {value!r}")
+        raise ConfigError(f"{key!r} must be a positive number of seconds, got {value!r}")
     return float(value)
 
 
 def _positive(value: Any, where: str, unit: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ConfigError(f"Variable cd2_config: {where} must be a positive number of {unit}, got {value!r}")
+        raise ConfigError(f"{where} must be a positive number of {unit}, got {value!r}")
     return float(value)
 
 
@@ -216,7 +221,7 @@ def _freshness(value: Any) -> Freshness:
         if pattern == "default":
             continue
         if not isinstance(pattern, str) or not pattern:
-            raise ConfigError(f"Variable cd2_config: 'freshness_hours' key {pattern!r} is not a table name")
+            raise ConfigError(f"'freshness_hours' key {pattern!r} is not a table name")
         overrides.append((pattern, _hours(hours, f"'freshness_hours' {pattern!r}")))
     return Freshness(default_hours=default, overrides=tuple(overrides))
 
@@ -226,10 +231,10 @@ def _per_table(value: Any, key: str, unit: str) -> tuple[tuple[str, float], ...]
     if value is None:
         return ()
     if not isinstance(value, Mapping):
-        raise ConfigError(f"Variable cd2_config: {key!r} must be an object, got {value!r}")
+        raise ConfigError(f"{key!r} must be an object, got {value!r}")
     for pattern in value:
         if not isinstance(pattern, str) or not pattern:
-            raise ConfigError(f"Variable cd2_config: {key!r} key {pattern!r} is not a table name")
+            raise ConfigError(f"{key!r} key {pattern!r} is not a table name")
     return tuple((p, _positive(v, f"{key!r} {p!r}", unit)) for p, v in value.items())
 
 
@@ -314,7 +319,7 @@ def _string_list(raw: Mapping[str, Any], key: str, default: tuple[str, ...] = ()
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
-        raise ConfigError(f"Variable cd2_config: {key!r} must be a list of non-empty strings, got {value!r}")
+        raise ConfigError(f"{key!r} must be a list of non-empty strings, got {value!r}")
     return tuple(value)
 
 

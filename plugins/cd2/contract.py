@@ -24,6 +24,8 @@ ENV_API_URL = "DAP_API_URL"
 ENV_CLIENT_ID = "DAP_CLIENT_ID"
 ENV_CLIENT_SECRET = "DAP_CLIENT_SECRET"
 ENV_DATABASE_URL = "CD2_DATABASE_URL"
+# The database keeping the API budget, when not the target (several instances share the first's).
+ENV_BUDGET_DATABASE_URL = "CD2_BUDGET_DATABASE_URL"
 # File descriptor number the child writes its one JSON result line to.
 ENV_RESULT_FD = "CD2_RESULT_FD"
 

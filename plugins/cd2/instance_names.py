@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cd2.dag_names import DAG_ID, INIT_TASK_ID, LIST_TASK_ID, SYNC_TASK_ID
+from cd2.dag_names import INIT_TASK_ID, LIST_TASK_ID, SYNC_TASK_ID
 
 # Airflow versions (major.minor) whose Task SDK drops the name from RetryTask.
 RETRY_DROPS_NAME = ("3.2", "3.3")
@@ -27,11 +27,14 @@ RETRY_DROPS_NAME = ("3.2", "3.3")
 
 def name_expanded_instance(task_instance: Any) -> None:
     """Cluster policy: a newly expanded table instance takes its table's name."""
+    # Imported here: Airflow imports this module while it initializes, before its configuration can be read.
+    from cd2.instances import instance_of_dag
+
     if (
-        task_instance.dag_id != DAG_ID
-        or task_instance.task_id not in (SYNC_TASK_ID, INIT_TASK_ID)
+        task_instance.task_id not in (SYNC_TASK_ID, INIT_TASK_ID)
         or task_instance.map_index < 0
         or task_instance._rendered_map_index is not None
+        or instance_of_dag(task_instance.dag_id) is None
     ):
         return
     from airflow import settings
@@ -40,7 +43,7 @@ def name_expanded_instance(task_instance: Any) -> None:
 
     # Airflow 3.2's hook gets no dag run (3.3's does); the scoped session is the scheduler's either way.
     listed = select(XComModel).where(
-        XComModel.dag_id == DAG_ID,
+        XComModel.dag_id == task_instance.dag_id,
         XComModel.run_id == task_instance.run_id,
         XComModel.task_id == LIST_TASK_ID,
         XComModel.map_index == -1,

@@ -9,6 +9,7 @@ a DAG that parses and then never runs a table (Airflow never queues a task whose
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 from airflow.configuration import conf
@@ -38,31 +39,44 @@ class DagSettings:
     lock_wait_seconds: float = DEFAULT_LOCK_WAIT_SECONDS
 
 
-def read_settings(section: str = SECTION) -> DagSettings:
-    """The options of ``section``, each validated; raises :class:`SettingsError` naming a bad one."""
-    schedule = _option(section, "schedule", DEFAULT_SCHEDULE).strip() or None
+OPTIONS = ("schedule", "max_active_tables", "lock_wait_seconds")
+
+
+def read_settings(section: str = SECTION, *, fallback: str | None = None) -> DagSettings:
+    """The options of ``section`` (an option it does not set: ``fallback``'s), each validated; raises
+    :class:`SettingsError` naming a bad one, or an option ``section`` has that is not one of these."""
+    if fallback is not None:
+        unknown = sorted(_options_set(section) - set(OPTIONS))
+        if unknown:
+            raise SettingsError(f"[{section}] has unknown option(s) {unknown}; known: {list(OPTIONS)}")
+
+    def option(key: str, default: str) -> tuple[str, str]:
+        """(the section that sets it, its text)"""
+        where = fallback if fallback is not None and not conf.has_option(section, key) else section
+        return where, conf.get(where, key, fallback=default)
+
+    where, text = option("schedule", DEFAULT_SCHEDULE)
+    schedule = text.strip() or None
     if schedule is not None:
         try:
             CronTriggerTimetable(schedule, timezone="UTC").validate()
         except Exception as error:
             raise SettingsError(
-                f"[{section}] schedule = {schedule!r} is not a cron expression or preset ({error}); "
+                f"[{where}] schedule = {schedule!r} is not a cron expression or preset ({error}); "
                 "leave it empty for triggered runs only"
             ) from None
-    max_active = _option(section, "max_active_tables", str(DEFAULT_MAX_ACTIVE_TABLES))
-    lock_wait = _option(section, "lock_wait_seconds", str(DEFAULT_LOCK_WAIT_SECONDS))
     return DagSettings(
         schedule=schedule,
-        max_active_tables=int(_number(section, "max_active_tables", max_active, int, minimum=1)),
-        lock_wait_seconds=_number(section, "lock_wait_seconds", lock_wait, float, minimum=0),
+        max_active_tables=int(
+            _number(*option("max_active_tables", str(DEFAULT_MAX_ACTIVE_TABLES)), "max_active_tables", int, 1)
+        ),
+        lock_wait_seconds=_number(
+            *option("lock_wait_seconds", str(DEFAULT_LOCK_WAIT_SECONDS)), "lock_wait_seconds", float, 0
+        ),
     )
 
 
-def _option(section: str, key: str, default: str) -> str:
-    return conf.get(section, key, fallback=default)
-
-
-def _number(section: str, key: str, text: str, kind: type[int] | type[float], *, minimum: float) -> float:
+def _number(section: str, text: str, key: str, kind: type[int] | type[float], minimum: float) -> float:
     try:
         value = kind(text.strip())
     except ValueError:
@@ -71,3 +85,15 @@ def _number(section: str, key: str, text: str, kind: type[int] | type[float], *,
         noun = "a whole number" if kind is int else "a number"
         raise SettingsError(f"[{section}] {key} = {text!r} must be {noun} of at least {minimum:g}")
     return value
+
+
+def _options_set(section: str) -> set[str]:
+    """The options ``section`` sets, in a configuration file or as ``AIRFLOW__SECTION__KEY`` variables
+    (which Airflow's ``getsection`` does not list for a section no file has)."""
+    prefix = f"AIRFLOW__{section.upper()}__"
+    from_env = {
+        name[len(prefix) :].lower().removesuffix("_cmd").removesuffix("_secret")
+        for name in os.environ
+        if name.startswith(prefix)
+    }
+    return set(conf.getsection(section) or {}) | from_env

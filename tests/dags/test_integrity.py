@@ -74,3 +74,29 @@ def test_a_cd2_option_out_of_range_fails_the_import_naming_the_option_and_the_va
     assert loaded["dags"] == []
     [error] = loaded["errors"].values()
     assert f"[cd2] {option} = {value!r}" in error, error
+
+
+def test_each_configured_instance_is_its_own_dag(airflow_env):
+    loaded = load(
+        airflow_env, {"AIRFLOW__CD2__INSTANCES": "default,ce", "AIRFLOW__CD2_CE__SCHEDULE": "@daily"}
+    )
+    assert loaded["errors"] == {}
+    assert loaded["dags"] == ["cd2_replica", "cd2_replica_ce"]
+    assert loaded["facts"]["schedule"] == "0 */4 * * *"  # the default instance keeps [cd2]'s
+
+
+@pytest.mark.parametrize(
+    "env, said",
+    [
+        ({"AIRFLOW__CD2__INSTANCES": "default,c-e"}, "[cd2] instances = 'default,c-e': instance name 'c-e'"),
+        (
+            {"AIRFLOW__CD2__INSTANCES": "default,ce", "AIRFLOW__CD2_CE__MAX_ACTIVE_TABLES": "0"},
+            "[cd2_ce] max_active_tables = '0'",
+        ),
+    ],
+)
+def test_a_bad_instance_list_or_instance_option_fails_the_import_naming_it(airflow_env, env, said):
+    loaded = load(airflow_env, env)
+    assert loaded["dags"] == []
+    [error] = loaded["errors"].values()
+    assert said in error, error

@@ -31,9 +31,9 @@ def dap_client() -> DAPClient:
 
 
 def pacer_for(job: ListJob | TableJob) -> api_budget.Pacer:
-    """The shared API budget, in the target database, for this job's limits."""
+    """The shared API budget, in the budget database (else the target), for this job's limits."""
     pacer = api_budget.Pacer(
-        env(contract.ENV_DATABASE_URL),
+        os.environ.get(contract.ENV_BUDGET_DATABASE_URL) or env(contract.ENV_DATABASE_URL),
         env(contract.ENV_CLIENT_ID),
         contract.parse_api_limits(job.api_limits),
         job.api_limit_window_seconds,

@@ -112,6 +112,8 @@ class DapHook(BaseHook):
 
     :param dap_conn_id: host = API base URL, login = client id, password = client secret.
     :param postgres_conn_id: the target PostgreSQL; extra ``sslmode`` becomes the client's ``?ssl=``.
+    :param budget_conn_id: the PostgreSQL that keeps the API budget, when not the target (several
+        instances keep theirs in one database: :mod:`cd2.instances`).
     :param dap_python: the DAP virtualenv's interpreter; defaults to ``$CD2_DAP_PYTHON``.
     """
 
@@ -125,11 +127,13 @@ class DapHook(BaseHook):
         *,
         dap_conn_id: str = default_conn_name,
         postgres_conn_id: str = default_postgres_conn_name,
+        budget_conn_id: str | None = None,
         dap_python: str | None = None,
     ) -> None:
         super().__init__()
         self.dap_conn_id = dap_conn_id
         self.postgres_conn_id = postgres_conn_id
+        self.budget_conn_id = budget_conn_id
         self.dap_python = dap_python
         self._child: subprocess.Popen | None = None
         self._secrets: list[str] = []
@@ -217,23 +221,29 @@ class DapHook(BaseHook):
         }
         self._remember_secret(dap.password)
         if with_database:
-            pg = self.get_connection(self.postgres_conn_id)
-            try:
-                url = postgres_connection_string(
-                    host=pg.host,
-                    port=pg.port,
-                    login=pg.login,
-                    password=pg.password,
-                    database=pg.schema,
-                    extra=pg.extra_dejson,
-                )
-            except ValueError as error:
-                raise _permanent("ConnectionError", f"Connection {self.postgres_conn_id}: {error}") from None
-            env[contract.ENV_DATABASE_URL] = url
-            if pg.password:
-                self._remember_secret(pg.password)
-                self._remember_secret(quote(pg.password, safe=""))
+            env[contract.ENV_DATABASE_URL] = self._database_url(self.postgres_conn_id)
+            if self.budget_conn_id not in (None, self.postgres_conn_id):
+                env[contract.ENV_BUDGET_DATABASE_URL] = self._database_url(self.budget_conn_id)
         return env
+
+    def _database_url(self, conn_id: str) -> str:
+        """The client's ``postgresql://`` URL of a connection, its password masked."""
+        pg = self.get_connection(conn_id)
+        try:
+            url = postgres_connection_string(
+                host=pg.host,
+                port=pg.port,
+                login=pg.login,
+                password=pg.password,
+                database=pg.schema,
+                extra=pg.extra_dejson,
+            )
+        except ValueError as error:
+            raise _permanent("ConnectionError", f"Connection {conn_id}: {error}") from None
+        if pg.password:
+            self._remember_secret(pg.password)
+            self._remember_secret(quote(pg.password, safe=""))
+        return url
 
     def _remember_secret(self, secret: str) -> None:
         """Mask ``secret`` in the task log (Airflow's masker), and in error text bound for XCom."""

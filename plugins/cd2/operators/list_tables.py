@@ -19,7 +19,9 @@ from cd2.config import (
     table_jobs,
 )
 from cd2.contract import DEFAULT_LOCK_WAIT_SECONDS
+from cd2.dag_names import CONFIG_VARIABLE
 from cd2.hooks.dap import DapHook, DapPermanentError, DapTransientError, raise_for_try
+from cd2.instances import DEFAULT_INSTANCE, shared_databases
 
 # The XCom keys list_tables pushes beside its table list: each table's job (the table tasks read their
 # own), and what the notification needs (pushed first, so that notify can report a failed list_tables).
@@ -41,6 +43,12 @@ class ListTablesOperator(BaseOperator):
     :param lock_wait_seconds: how long a table task waits for another run on its table (and a
         re-init's swap for readers' open transactions).
     :param dap_conn_id: the DAP API connection.
+    :param postgres_conn_id: the target database (it keeps the API budget unless ``budget_conn_id``).
+    :param budget_conn_id: the database keeping the API budget, when not the target.
+    :param config_variable: the Variable ``config`` comes from (errors name it).
+    :param instance: this DAG's Canvas instance.
+    :param instance_targets: every instance's target connection, by instance: this task fails when
+        another instance writes its database.
     """
 
     template_fields: Sequence[str] = ("config", "tables", "force_reinit", "plan")
@@ -55,6 +63,11 @@ class ListTablesOperator(BaseOperator):
         plan: bool | str = False,
         lock_wait_seconds: float = DEFAULT_LOCK_WAIT_SECONDS,
         dap_conn_id: str = DapHook.default_conn_name,
+        postgres_conn_id: str = DapHook.default_postgres_conn_name,
+        budget_conn_id: str | None = None,
+        config_variable: str = CONFIG_VARIABLE,
+        instance: str = DEFAULT_INSTANCE,
+        instance_targets: Mapping[str, str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -64,12 +77,17 @@ class ListTablesOperator(BaseOperator):
         self.plan = plan
         self.lock_wait_seconds = lock_wait_seconds
         self.dap_conn_id = dap_conn_id
+        self.postgres_conn_id = postgres_conn_id
+        self.budget_conn_id = budget_conn_id
+        self.config_variable = config_variable
+        self.instance = instance
+        self.instance_targets = instance_targets
 
     def execute(self, context: Any) -> list[str]:
         ti = context["ti"]
         notify = NotifySettings()
         try:
-            config = parse_config(self.config)
+            config = parse_config(self.config, self.config_variable)
             notify = NotifySettings(config.sns_topic_arn, config.freshness)
             requested = parse_table_param(self.tables, "tables")
             force_reinit = parse_table_param(self.force_reinit, "force_reinit")
@@ -77,9 +95,18 @@ class ListTablesOperator(BaseOperator):
         except ConfigError as error:
             ti.xcom_push(key=NOTIFY_KEY, value=replace(notify, problem=str(error)).to_dict())
             raise AirflowFailException(str(error)) from None
+        if shared := self.shared_databases():
+            refused = "Refused: " + "; ".join(shared)
+            ti.xcom_push(key=NOTIFY_KEY, value=replace(notify, plan=plan, problem=refused).to_dict())
+            raise AirflowFailException(refused)
         ti.xcom_push(key=NOTIFY_KEY, value=replace(notify, plan=plan).to_dict())
+        hook = DapHook(
+            dap_conn_id=self.dap_conn_id,
+            postgres_conn_id=self.postgres_conn_id,
+            budget_conn_id=self.budget_conn_id,
+        )
         try:
-            available = DapHook(dap_conn_id=self.dap_conn_id).list_tables(
+            available = hook.list_tables(
                 list(config.namespaces),
                 api_limits=config.api_limits_argv,
                 api_limit_window_seconds=config.api_limit_window_seconds,
@@ -104,3 +131,18 @@ class ListTablesOperator(BaseOperator):
         ti.xcom_push(key=JOBS_KEY, value={label: job.to_dict() for label, job in jobs.items()})
         self.log.info("%d table(s) to replicate: %s", len(chosen), ", ".join(chosen) or "none")
         return chosen
+
+    def shared_databases(self) -> list[str]:
+        """Where another instance's connection names this instance's database (their tables, the
+        client's ``table_sync`` rows and the product's schema would mix): a sentence for each."""
+        if not self.instance_targets or len(self.instance_targets) < 2:
+            return []
+        targets = {}
+        for name, conn_id in self.instance_targets.items():
+            try:
+                pg = DapHook.get_connection(conn_id)
+            except Exception as error:  # not created yet: that instance's own run says so
+                self.log.warning("Instance %s: connection %s not readable (%s)", name, conn_id, error)
+                continue
+            targets[name] = (pg.host or "localhost", pg.port or 5432, pg.schema or "postgres")
+        return shared_databases(targets, self.instance)

@@ -9,7 +9,7 @@ from typing import Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from cd2.assets import emit_table_event
+from cd2.assets import TABLES_ALIAS, emit_table_event
 from cd2.contract import Action, ContractError, Outcome, TableJob, TableResult
 from cd2.hooks.dap import DapHook, failure_of, raise_for_try
 from cd2.instance_names import keep_name_on_retry
@@ -38,6 +38,8 @@ class _TableOperator(BaseOperator):
         list_task_id: str,
         dap_conn_id: str = DapHook.default_conn_name,
         postgres_conn_id: str = DapHook.default_postgres_conn_name,
+        budget_conn_id: str | None = None,
+        tables_alias: str = TABLES_ALIAS,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -45,13 +47,19 @@ class _TableOperator(BaseOperator):
         self.list_task_id = list_task_id
         self.dap_conn_id = dap_conn_id
         self.postgres_conn_id = postgres_conn_id
+        self.budget_conn_id = budget_conn_id
+        self.tables_alias = tables_alias
         self.hook: DapHook | None = None
 
     def execute(self, context: Any) -> dict[str, Any]:
         keep_name_on_retry()
         try:
             job = self._job(context)
-            self.hook = DapHook(dap_conn_id=self.dap_conn_id, postgres_conn_id=self.postgres_conn_id)
+            self.hook = DapHook(
+                dap_conn_id=self.dap_conn_id,
+                postgres_conn_id=self.postgres_conn_id,
+                budget_conn_id=self.budget_conn_id,
+            )
             result = self.run_job(self.hook, job)
         except AirflowSkipException as skip:
             self._push(context, TableResult(self.table_label, Outcome.SKIPPED, reason=str(skip)))
@@ -63,7 +71,7 @@ class _TableOperator(BaseOperator):
             raise  # stopped (a signal, an exit): Airflow decides
         self.log.info("%s: %s", self.table_label, result)
         uri = self.hook.table_asset_uri(self.table_label)
-        if emit_table_event(context, uri, result):
+        if emit_table_event(context, uri, result, self.tables_alias):
             self.log.info("%s changed: asset event for %s", self.table_label, uri)
         return result.to_dict()
 

@@ -15,7 +15,7 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import HTMLResponse, RedirectResponse
 from sqlalchemy.orm import Session
 
-from cd2.dag_names import CONFIG_VARIABLE, DAG_ID
+from cd2.instances import Instance, configured_instances
 from cd2.status_page.render import render_html
 from cd2.status_page.replica import connect_replica, read_replica
 from cd2.status_page.rows import TableStatus, freshness_from_config, table_statuses
@@ -25,10 +25,13 @@ URL_PREFIX = "/cd2-status"
 
 
 def create_app() -> FastAPI:
-    """The FastAPI app the plugin mounts at :data:`URL_PREFIX`: ``/`` (HTML) and ``/api/tables`` (JSON)."""
+    """The FastAPI app the plugin mounts at :data:`URL_PREFIX`: ``/`` (HTML) and ``/api/tables`` (JSON),
+    every configured instance's tables (a reader may read each instance's DAG's task instances and XComs)."""
+    instances = configured_instances()
     readers = [
-        Depends(requires_access_dag("GET", DagAccessEntity.TASK_INSTANCE, param_dag_id=DAG_ID)),
-        Depends(requires_access_dag("GET", DagAccessEntity.XCOM, param_dag_id=DAG_ID)),
+        Depends(requires_access_dag("GET", entity, param_dag_id=instance.dag_id))
+        for instance in instances
+        for entity in (DagAccessEntity.TASK_INSTANCE, DagAccessEntity.XCOM)
     ]
     app = FastAPI(title="CD2 replica status", dependencies=readers, docs_url=None, redoc_url=None)
 
@@ -42,18 +45,12 @@ def create_app() -> FastAPI:
 
     def collect(session: Session) -> tuple[list[TableStatus], list[str], datetime]:
         now = datetime.now(UTC)
-        freshness, problem = freshness_from_config(Variable.get(CONFIG_VARIABLE, default=""))
-        problems = [f"Variable {CONFIG_VARIABLE}: {problem}; default bounds used"] if problem else []
-        try:
-            conn = connect_replica()
-            try:
-                replica = read_replica(conn)
-            finally:
-                conn.close()
-        except Exception as error:  # the page still shows what Airflow knows
-            replica = {}
-            problems.append(f"Could not read the replica database: {type(error).__name__}: {error}".strip())
-        statuses = table_statuses(replica, read_last_outcomes(session), freshness, now)
+        statuses: list[TableStatus] = []
+        problems: list[str] = []
+        for instance in instances:
+            found, trouble = collect_instance(session, instance, now)
+            statuses += found
+            problems += trouble
         return statuses, problems, now
 
     @app.get("/", response_class=HTMLResponse)
@@ -67,3 +64,25 @@ def create_app() -> FastAPI:
         return {"as_of": now.isoformat(), "problems": problems, "tables": [s.to_json() for s in statuses]}
 
     return app
+
+
+def collect_instance(
+    session: Session, instance: Instance, now: datetime
+) -> tuple[list[TableStatus], list[str]]:
+    """One instance's rows, and what could not be read (said per instance where there are several)."""
+    who = "" if instance.is_default else f"Instance {instance.name}: "
+    variable = instance.config_variable
+    freshness, problem = freshness_from_config(Variable.get(variable, default=""), variable)
+    problems = [f"{who}{problem}; default bounds used"] if problem else []
+    try:
+        conn = connect_replica(instance.postgres_conn_id)
+        try:
+            replica = read_replica(conn)
+        finally:
+            conn.close()
+    except Exception as error:  # the page still shows what Airflow knows
+        replica = {}
+        problems.append(f"{who}Could not read the replica database: {type(error).__name__}: {error}".strip())
+    outcomes = read_last_outcomes(session, instance.dag_id)
+    rows = table_statuses(replica, outcomes, freshness, now, instance=instance.name, dag_id=instance.dag_id)
+    return rows, problems

@@ -50,8 +50,12 @@ def render_html(statuses: Sequence[TableStatus], *, now: datetime, problems: Ite
         '<a href="api/tables">JSON</a></p>',
     ]
     lines += [f'<p class="problem">{html.escape(problem)}</p>' for problem in problems]
+    # An instance column only where there is more than one instance: one instance's page is unchanged.
+    several = len({s.instance for s in statuses}) > 1
     lines.append(
-        "<table><thead><tr><th>Table</th><th>Watermark (UTC)</th><th>Lag</th><th>Bound</th>"
+        "<table><thead><tr>"
+        + ("<th>Instance</th>" if several else "")
+        + "<th>Table</th><th>Watermark (UTC)</th><th>Lag</th><th>Bound</th>"
         "<th>Rows</th><th>Oldest row (UTC)</th><th>Schema</th><th>Last outcome</th><th>Run</th><th>Error</th></tr></thead><tbody>"
     )
     for s in statuses:
@@ -67,6 +71,7 @@ def render_html(statuses: Sequence[TableStatus], *, now: datetime, problems: Ite
 
         lines.append(
             f'<tr class="{"stale" if s.stale else "fresh"}">'
+            + (_cell(s.instance) if several else "")
             + _cell(s.table)
             + _cell(s.watermark.strftime("%Y-%m-%d %H:%M:%S") if s.watermark else None)
             + _cell(f"{lag} (stale)" if s.stale else lag, "num lag")

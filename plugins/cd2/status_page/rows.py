@@ -10,7 +10,8 @@ from urllib.parse import quote
 
 from cd2.config import ConfigError, Freshness, parse_config
 from cd2.contract import ErrorCategory, Outcome
-from cd2.dag_names import DAG_ID
+from cd2.dag_names import CONFIG_VARIABLE, DAG_ID
+from cd2.instances import DEFAULT_INSTANCE
 from cd2.status_page.replica import ReplicaTable
 from cd2.status_page.runs import LastOutcome
 from cd2.summary import failed_kind
@@ -18,7 +19,7 @@ from cd2.summary import failed_kind
 
 @dataclass(frozen=True)
 class TableStatus:
-    """One row of the page."""
+    """One row of the page: a table of one Canvas instance (whose DAG is ``dag_id``)."""
 
     table: str
     watermark: datetime | None
@@ -35,6 +36,8 @@ class TableStatus:
     run_id: str | None
     task_id: str | None
     map_index: int | None
+    instance: str = DEFAULT_INSTANCE
+    dag_id: str = DAG_ID
 
     @property
     def outcome_text(self) -> str | None:
@@ -52,7 +55,7 @@ class TableStatus:
         if self.run_id is None or self.task_id is None or self.map_index is None:
             return None
         return (
-            f"dags/{DAG_ID}/runs/{quote(self.run_id, safe='')}/tasks/{quote(self.task_id, safe='')}"
+            f"dags/{quote(self.dag_id, safe='')}/runs/{quote(self.run_id, safe='')}/tasks/{quote(self.task_id, safe='')}"
             f"/mapped/{self.map_index}"
         )
 
@@ -71,9 +74,12 @@ def table_statuses(
     outcomes: Mapping[str, LastOutcome],
     freshness: Freshness,
     now: datetime,
+    *,
+    instance: str = DEFAULT_INSTANCE,
+    dag_id: str = DAG_ID,
 ) -> list[TableStatus]:
-    """One row per table the replica or a run knows, sorted; stale when the watermark is older than
-    the table's freshness bound (``cd2_config`` ``freshness_hours``)."""
+    """One row per table the replica or a run knows of ``instance``, sorted; stale when the watermark is
+    older than the table's freshness bound (the config Variable's ``freshness_hours``)."""
     statuses = []
     for label in sorted(set(replica) | set(outcomes)):
         table, last = replica.get(label), outcomes.get(label)
@@ -96,14 +102,16 @@ def table_statuses(
                 run_id=last.run_id if last else None,
                 task_id=last.task_id if last else None,
                 map_index=last.map_index if last else None,
+                instance=instance,
+                dag_id=dag_id,
             )
         )
     return statuses
 
 
-def freshness_from_config(raw: Any) -> tuple[Freshness, str | None]:
-    """The freshness bounds of the ``cd2_config`` Variable's value; the defaults and the error if invalid."""
+def freshness_from_config(raw: Any, variable: str = CONFIG_VARIABLE) -> tuple[Freshness, str | None]:
+    """The freshness bounds of a config Variable's value; the defaults and the error if invalid."""
     try:
-        return parse_config(raw).freshness, None
+        return parse_config(raw, variable).freshness, None
     except ConfigError as error:
         return Freshness(), str(error)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -123,3 +124,44 @@ def test_a_foreign_consumers_429_is_waited_out_in_the_child_not_retried(
     assert [r["status"] for r in ours] == [429, 200], "one 429, waited out, then the job"
     assert "answered 429 to a create-job call: waiting" in task_log
     assert limited_emulator.truth("canvas", "users") == replica_truth(database_url, "canvas", "users")
+
+
+def list_tables_from_two_instances(
+    emulator, postgres_server, monkeypatch, *, shared_store: bool
+) -> list[int]:
+    """Instances a and b, one client id, each writing its own database: 4 list-tables jobs each at once
+    (8 calls against a budget of 5 per window); the statuses the API answered them with."""
+    monkeypatch.setenv("CD2_DAP_PYTHON", str(DAP_PYTHON))
+    monkeypatch.setenv("AIRFLOW_CONN_DAP_A", json.dumps(dap_connection(emulator)))
+    suffix = "shared" if shared_store else "own"
+    for name in ("a", "b"):
+        url = postgres_server.create_database(f"t_budget_{suffix}_{name}")
+        monkeypatch.setenv(f"AIRFLOW_CONN_CD2_POSTGRES_{name.upper()}", json.dumps(postgres_connection(url)))
+    hooks = [
+        DapHook(
+            dap_conn_id="dap_a",
+            postgres_conn_id=f"cd2_postgres_{name}",
+            budget_conn_id="cd2_postgres_a" if shared_store else None,
+        )
+        for name in ("a", "b")
+    ]
+    emulator.clear_requests()
+    with ThreadPoolExecutor(8) as pool:
+        jobs = [pool.submit(hook.list_tables, ["canvas"], api_limit_window_seconds=3.0) for hook in hooks * 4]
+        assert all("accounts" in job.result()["canvas"] for job in jobs)
+    return [r["status"] for r in emulator.requests() if r["endpoint"] == "list"]
+
+
+def test_instances_sharing_a_client_id_share_its_budget_whatever_databases_they_write(
+    limited_emulator, postgres_server, monkeypatch
+):
+    # The DAG gives every instance the first instance's database as its budget store: no 429.
+    statuses = list_tables_from_two_instances(
+        limited_emulator, postgres_server, monkeypatch, shared_store=True
+    )
+    assert statuses == [200] * 8
+    # Each keeping its budget in its own database, the two spend the one client id's budget twice over.
+    statuses = list_tables_from_two_instances(
+        limited_emulator, postgres_server, monkeypatch, shared_store=False
+    )
+    assert 429 in statuses and statuses.count(200) == 8
