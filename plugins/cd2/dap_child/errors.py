@@ -51,7 +51,7 @@ class DapEnvironmentError(Exception):
 
 
 class DiskSpaceError(Exception):
-    """``$TMPDIR`` cannot hold the next object to download (see :mod:`cd2.dap_child.streaming`)."""
+    """``$TMPDIR`` cannot hold the next object to download (see :mod:`cd2.dap_child.disk_guard`)."""
 
 
 class TruncatedDownloadError(Exception):

@@ -1,5 +1,5 @@
 """Stream a job's objects through the DAP client one at a time, check every download ends its gzip stream,
-and keep ``$TMPDIR`` from filling up.
+and keep ``$TMPDIR`` from filling up (:mod:`cd2.dap_child.disk_guard`).
 
 What the child's patches of the client (:mod:`cd2.dap_child.patches`, bodies in its ``client_bodies``)
 take from here:
@@ -10,8 +10,8 @@ take from here:
   1. the gzip stream reached its end (``decompressor.eof``; zlib then checked the trailer's CRC and
      length too), else :class:`~cd2.dap_child.errors.TruncatedDownloadError` (transient: the retry
      downloads again) is raised before a row of that object is loaded;
-  2. the disk guard (:class:`DiskGuard`, rule below), else :class:`~cd2.dap_child.errors.DiskSpaceError`
-     (permanent), also raised for ``ENOSPC``;
+  2. the disk guard (:class:`~cd2.dap_child.disk_guard.DiskGuard`), else
+     :class:`~cd2.dap_child.errors.DiskSpaceError` (permanent), also raised for ``ENOSPC``;
   3. gunzip and write run in a worker thread, 1 MiB at a time (zlib releases the GIL), so they overlap
      the load.
 - ``streaming`` (unless ``CD2_STREAMING=0``): ``SqlOpInit.run`` and ``SqlOpSync.run`` become the
@@ -27,57 +27,34 @@ take from here:
   job leaves the table untouched. The metadata (``table_sync``: watermark) is still written after the
   last object is loaded; a crash part-way leaves what the runner already handles: an init without a
   ``table_sync`` row (dropped and redone), a sync whose watermark did not move (re-run idempotently).
-  With it, ``SqlOpSync.upsert_rows`` becomes :func:`behind_the_reader` (inside the streaming sync only;
-  elsewhere it is the client's) and ``INSERT_BATCH_SIZE`` 100,000 becomes ``SYNC_BATCH_ROWS``: the
-  client's per-batch write (validation, upsert, delete) is unchanged but runs behind the reader
-  (:class:`WriteBehind`): the call returns once the previous batch's write has finished and this one has
-  started, so the client parses the next batch (of this object or the next) while PostgreSQL merges the
-  last. Writes stay one at a time, in the client's order, on its connection; a write's error is raised at
-  the next batch or before the metadata write, so the watermark still moves only after every batch is
-  written.
-
-Disk rule (:class:`DiskGuard`): a reserve of 1/8 of the ``$TMPDIR`` filesystem, at most 64 MiB, is never
-used. While an object downloads, its final size is projected as bytes written x Content-Length /
-compressed bytes read (checked at every 4 MiB written); when the projected rest exceeds free space minus
-the reserve, or free space falls under the reserve, the task fails permanently naming the folder, the
-space needed and the space free. Without a Content-Length only the reserve is checked. Before the
-pipeline starts another download while objects are already on disk, it waits until free space minus the
-reserve holds the largest object seen so far once per download in flight. So a table fits in a disk that
-holds about ``prefetch + 1`` objects, whatever the table's size, and one object larger than the disk fails
-fast, within its first megabytes.
+  With it, the sync writes behind the reader (:mod:`cd2.dap_child.write_behind`).
 
 How to remove it: when Instructure's client streams objects and checks the gzip end itself, verify it
-(tests/plugins/cd2/dap_child/test_streaming.py against the new version), then delete this module, the two
-registry entries and their bodies, and the two errors in ``cd2.dap_child.errors``.
+(test_streaming.py, test_disk_guard.py and test_write_behind.py in tests/plugins/cd2/dap_child/ against
+the new version), then delete this module, ``disk_guard`` and ``write_behind``, the two registry entries
+and their bodies, and the two errors in ``cd2.dap_child.errors``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import contextvars
 import logging
 import os
 import shutil
 import tempfile
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from cd2.dap_child.errors import DapEnvironmentError, DiskSpaceError
+from cd2.dap_child.disk_guard import DiskGuard
+from cd2.dap_child.errors import DapEnvironmentError
+from cd2.dap_child.write_behind import LoadClock
 
 logger = logging.getLogger(__name__)
 
 PREFETCH_SETTING = "CD2_STREAMING_PREFETCH"
 DEFAULT_PREFETCH = 1
 DOWNLOAD_CHUNK = 1024 * 1024
-CHECK_EVERY_BYTES = 4 * 1024 * 1024
-MAX_RESERVE_BYTES = 64 * 1024 * 1024
-MIB = 1024 * 1024
-# A quarter of the client's 100k: small enough that reading one batch overlaps writing the last within
-# one object, large enough that a statement per batch costs nothing (measured in docs/design.md).
-SYNC_BATCH_ROWS = 25_000
 
 
 def prefetch() -> int:
@@ -92,46 +69,6 @@ def prefetch() -> int:
     if value < 0:
         raise DapEnvironmentError(f"{PREFETCH_SETTING}={raw!r} must be 0 or more")
     return value
-
-
-# -- the disk guard --------------------------------------------------------------------------------
-
-
-class DiskGuard:
-    """Free space in one folder's filesystem, against what the objects about to land there need."""
-
-    def __init__(self, folder: str) -> None:
-        self.folder = folder
-        total = shutil.disk_usage(folder).total
-        self.reserve = min(MAX_RESERVE_BYTES, total // 8)
-
-    def free(self) -> int:
-        return shutil.disk_usage(self.folder).free
-
-    def usable(self) -> int:
-        return self.free() - self.reserve
-
-    def error(self, needed: int, free: int | None = None) -> DiskSpaceError:
-        free = self.free() if free is None else free
-        return DiskSpaceError(
-            f"not enough space in TMPDIR {self.folder}: the next download needs about "
-            f"{needed / MIB:,.0f} MiB more, {free / MIB:,.0f} MiB are free and "
-            f"{self.reserve / MIB:,.0f} MiB are kept in reserve; free space there or point TMPDIR "
-            "at a larger disk"
-        )
-
-    def check(self, written: int, read: int, content_length: int | None) -> None:
-        """Fail when the rest of this download (projected from its compression ratio) cannot fit."""
-        free = self.free()
-        if content_length and read:
-            rest = max(0, int(written * content_length / read) - written)
-        else:
-            rest = 0
-        if free - self.reserve < rest or free < self.reserve:
-            raise self.error(rest or self.reserve - free, free)
-
-
-# -- the pipeline ----------------------------------------------------------------------------------
 
 
 class ObjectStream:
@@ -222,88 +159,6 @@ class ObjectStream:
             self.load_clock.seconds,
             self.peak_bytes,
         )
-
-
-class LoadClock:
-    """Wall time during which the loader reads an object or writes a batch (the two overlap in a sync)."""
-
-    def __init__(self) -> None:
-        self.active = 0
-        self.since = 0.0
-        self.seconds = 0.0
-
-    @contextlib.contextmanager
-    def running(self) -> Iterator[None]:
-        if not self.active:
-            self.since = time.perf_counter()
-        self.active += 1
-        try:
-            yield
-        finally:
-            self.active -= 1
-            if not self.active:
-                self.seconds += time.perf_counter() - self.since
-
-
-class WriteBehind:
-    """The client's per-batch sync writes, one at a time and in order, each running while the next is read.
-
-    :meth:`submit` waits for the write in flight (raising its error), then starts this one and returns;
-    :meth:`drain` waits for the last; :meth:`cancel` stops one still running (after another error).
-    """
-
-    def __init__(self, clock: LoadClock) -> None:
-        self.clock = clock
-        self.pending: asyncio.Task[None] | None = None
-
-    async def submit(self, write: Any, *args: Any, **kwargs: Any) -> None:
-        await self.drain()
-        self.pending = asyncio.create_task(self._timed(write, args, kwargs))
-
-    async def _timed(self, write: Any, args: tuple, kwargs: dict) -> None:
-        with self.clock.running():
-            await write(*args, **kwargs)
-
-    async def drain(self) -> None:
-        task, self.pending = self.pending, None
-        if task is not None:
-            await task
-
-    async def cancel(self) -> None:
-        task, self.pending = self.pending, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-
-
-_write_behind: contextvars.ContextVar[WriteBehind | None] = contextvars.ContextVar(
-    "cd2_write_behind", default=None
-)
-
-
-@contextlib.asynccontextmanager
-async def writes_behind(clock: LoadClock) -> AsyncIterator[WriteBehind]:
-    """While inside, the client's sync writes (:func:`behind_the_reader`) go behind the reader."""
-    writer = WriteBehind(clock)
-    context = _write_behind.set(writer)
-    try:
-        yield writer
-    finally:
-        _write_behind.reset(context)
-        await writer.cancel()
-
-
-def behind_the_reader(client_upsert_rows: Any) -> Any:
-    """``SqlOpSync.upsert_rows``: behind the reader inside :func:`writes_behind`, the client's own elsewhere."""
-
-    async def upsert_rows(*args: Any, **kwargs: Any) -> None:
-        writer = _write_behind.get()
-        if writer is None:
-            await client_upsert_rows(*args, **kwargs)
-        else:
-            await writer.submit(client_upsert_rows, *args, **kwargs)
-
-    return upsert_rows
 
 
 def _folder_bytes(folder: str) -> int:

@@ -26,7 +26,7 @@ from enum import StrEnum
 from importlib import metadata
 from typing import Any
 
-from cd2.dap_child import accelerated_reader, api_budget, bulk_upsert, streaming
+from cd2.dap_child import accelerated_reader, api_budget, bulk_upsert, write_behind
 from cd2.dap_child.errors import DapEnvironmentError, PatchUnavailable
 from cd2.dap_child.patches import client_bodies
 
@@ -161,9 +161,9 @@ def _install_streaming() -> None:
 
     sql_op_init.SqlOpInit.run = client_bodies.init_run
     sql_op_sync.SqlOpSync.run = client_bodies.sync_run
-    upsert_rows = streaming.behind_the_reader(sql_op_sync.SqlOpSync.upsert_rows)
+    upsert_rows = write_behind.behind_the_reader(sql_op_sync.SqlOpSync.upsert_rows)
     sql_op_sync.SqlOpSync.upsert_rows = staticmethod(upsert_rows)
-    sql_op_sync.INSERT_BATCH_SIZE = streaming.SYNC_BATCH_ROWS
+    sql_op_sync.INSERT_BATCH_SIZE = write_behind.SYNC_BATCH_ROWS
 
 
 def _install_download_check() -> None:

@@ -2,7 +2,8 @@
 
 Each is registered in :mod:`cd2.dap_child.patches` with a fingerprint of the method it copies, so it never
 runs on a client whose method moved. What each adds lives in its feature module (:mod:`..streaming`,
-:mod:`..ddl_guard`); here are only the client's steps around it.
+:mod:`..write_behind`, :mod:`..disk_guard`, :mod:`..ddl_guard`); here are only the client's steps
+around it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import zlib
 from typing import Any
 from urllib.parse import urlparse
 
-from cd2.dap_child import ddl_guard, streaming
+from cd2.dap_child import ddl_guard, disk_guard, streaming, write_behind
 from cd2.dap_child.errors import TruncatedDownloadError
 
 logger = logging.getLogger(__name__)
@@ -55,7 +56,8 @@ async def init_run(self: Any) -> None:
 
 
 async def sync_run(self: Any) -> None:
-    """``SqlOpSync.run``, loading each object as it arrives, writing behind the reader (see :mod:`..streaming`)."""
+    """``SqlOpSync.run``, loading each object as it arrives, writing behind the reader (see
+    :mod:`..streaming`, :mod:`..write_behind`)."""
     from dap import ui
     from dap.dap_types import Format, IncrementalQuery, Mode
     from dap.replicator import meta_schema
@@ -84,7 +86,7 @@ async def sync_run(self: Any) -> None:
     async with streaming.ObjectStream(self.session, result.objects) as stream:
         await stream.first_ready()
         await self.explorer.synchronize(modules=[meta_schema, self.namespace_module])
-        async with streaming.writes_behind(stream.load_clock) as writer:
+        async with write_behind.writes_behind(stream.load_clock) as writer:
             async for folder in stream:
                 await self.sync_insert_data_from_files_to_db(
                     self.conn, entity_type, folder, self.namespace, self.table_name, self.dialect
@@ -100,7 +102,8 @@ async def sync_run(self: Any) -> None:
 
 
 async def download_resource(self: Any, resource: Any, output_directory: str, decompress: bool = False) -> str:
-    """``DAPSession.download_resource`` with a gzip end check and the disk guard (see :mod:`..streaming`)."""
+    """``DAPSession.download_resource`` with a gzip end check and the disk guard (see :mod:`..streaming`,
+    :mod:`..disk_guard`)."""
     from dap.api import DownloadError
 
     os.makedirs(output_directory, exist_ok=True)
@@ -114,7 +117,7 @@ async def download_resource(self: Any, resource: Any, output_directory: str, dec
     if os.path.commonpath([output_root, resolved_path]) != output_root:
         raise DownloadError(f"refusing to write outside the output directory: {file_name}")
 
-    guard = streaming.DiskGuard(output_directory)
+    guard = disk_guard.DiskGuard(output_directory)
     decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS) if decompress else None
     read = written = checked = 0
     logger.debug("Downloading: %s to %s", file_name, resolved_path)
@@ -137,7 +140,7 @@ async def download_resource(self: Any, resource: Any, output_directory: str, dec
             async for chunk in response.content.iter_chunked(streaming.DOWNLOAD_CHUNK):
                 read += len(chunk)
                 written += await asyncio.to_thread(write, chunk)
-                if written - checked >= streaming.CHECK_EVERY_BYTES:
+                if written - checked >= disk_guard.CHECK_EVERY_BYTES:
                     checked = written
                     guard.check(written, read, content_length)
     if decompressor is not None and not decompressor.eof:
