@@ -1,9 +1,10 @@
-"""Prepare the replica database: the least-privilege application role the DAG connects as.
+"""Prepare the replica databases: the least-privilege application role the DAGs connect as.
 
-The role (``cd2_app``, the login of ``airflow/connections/cd2_postgres``) may log in, connect to the
-replica database and create schemas in it: the DAP client creates and then owns ``instructure_dap`` and
-one schema per namespace (``canvas``, ...), with their tables and types. It gets no other privilege: no
-superuser, no CREATEDB/CREATEROLE, no rds_superuser, no access to other databases' objects.
+The role (``cd2_app``, the login of ``airflow/connections/cd2_postgres``) may log in, connect to each
+Canvas instance's replica database and create schemas in it: the DAP client creates and then owns
+``instructure_dap`` and one schema per namespace (``canvas``, ...), with their tables and types. It gets
+no other privilege: no superuser, no CREATEDB/CREATEROLE, no rds_superuser, no access to other databases'
+objects. An instance database other than the cluster's own (``cd2``) is created here, by the master user.
 
 Every statement is idempotent, so preparation runs on every deploy. They run as the master user through
 the RDS Data API (HTTPS to the RDS service with IAM credentials and the RDS-managed master secret), which
@@ -52,22 +53,68 @@ def scram_sha256_verifier(
 
 def preparation_statements(database: str, role: str, password: str) -> list[Statement]:
     """The idempotent statements that create or refresh ``role`` with only what replication needs."""
-    for name in (database, role):
-        if not IDENTIFIER.match(name):
-            raise ValueError(f"not a plain lower-case SQL identifier: {name!r}")
+    return [*role_statements(role, password), grant_statement(database, role)]
+
+
+def role_statements(role: str, password: str) -> list[Statement]:
+    """Create ``role`` unless it exists; set its password (shown without its verifier)."""
+    _check_identifiers(role)
     create_role = (
         f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = '{role}') "
         f"THEN CREATE ROLE {role}; END IF; END $$"
     )
     set_password = f"ALTER ROLE {role} WITH LOGIN PASSWORD '{{}}'"
-    grant = f"GRANT CONNECT, CREATE ON DATABASE {database} TO {role}"
     return [
         Statement(create_role, create_role),
         Statement(
             set_password.format(scram_sha256_verifier(password)), set_password.format("<SCRAM verifier>")
         ),
-        Statement(grant, grant),
     ]
+
+
+def grant_statement(database: str, role: str) -> Statement:
+    """What ``role`` may do in ``database``: connect, and create the schemas it then owns."""
+    _check_identifiers(database, role)
+    grant = f"GRANT CONNECT, CREATE ON DATABASE {database} TO {role}"
+    return Statement(grant, grant)
+
+
+def prepare(
+    execute: Callable[[Statement], list],
+    databases: list[str],
+    role: str,
+    password: str,
+    say: Callable[[str], None],
+) -> None:
+    """Create ``role``, then each of ``databases`` not there yet, and grant ``role`` the same in each.
+
+    ``execute`` runs one statement as the master user and returns its rows. One role serves every Canvas
+    instance's database: the first instance's also holds the API budget state of all.
+    """
+    for statement in role_statements(role, password):
+        say(statement.shown)
+        execute(statement)
+    for database in databases:
+        if not execute(exists_statement(database)):
+            create = f"CREATE DATABASE {database}"  # owned by the master user, like the cluster's own
+            say(create)
+            execute(Statement(create, create))
+        grant = grant_statement(database, role)
+        say(grant.shown)
+        execute(grant)
+
+
+def exists_statement(database: str) -> Statement:
+    """A query with one row if ``database`` exists, none if not."""
+    _check_identifiers(database)
+    exists = f"SELECT 1 FROM pg_catalog.pg_database WHERE datname = '{database}'"
+    return Statement(exists, exists)
+
+
+def _check_identifiers(*names: str) -> None:
+    for name in names:
+        if not IDENTIFIER.match(name):
+            raise ValueError(f"not a plain lower-case SQL identifier: {name!r}")
 
 
 def connection_login_and_password(secret_string: str) -> tuple[str, str]:
@@ -78,12 +125,12 @@ def connection_login_and_password(secret_string: str) -> tuple[str, str]:
 
 def run_with_data_api(
     rds_data_client, cluster_arn: str, master_secret_arn: str, database: str
-) -> Callable[[Statement], None]:
-    """An executor running each statement through the RDS Data API as the master user."""
+) -> Callable[[Statement], list]:
+    """An executor running each statement through the RDS Data API as the master user; returns its rows."""
 
-    def execute(statement: Statement) -> None:
-        rds_data_client.execute_statement(
+    def execute(statement: Statement) -> list:
+        return rds_data_client.execute_statement(
             resourceArn=cluster_arn, secretArn=master_secret_arn, database=database, sql=statement.sql
-        )
+        ).get("records", [])
 
     return execute

@@ -2,7 +2,8 @@
 
     python -m mwaa_infra.deploy deploy --vpc-id vpc-... --subnet-ids subnet-a,subnet-b
     python -m mwaa_infra.deploy deploy --create-network [--nat-gateways 2]
-    python -m mwaa_infra.deploy set-dap-credentials      # reads DAP_CLIENT_ID / DAP_CLIENT_SECRET or asks
+    python -m mwaa_infra.deploy deploy ... --instances default,ce[=cd2_ce]   # Canvas instances served
+    python -m mwaa_infra.deploy set-dap-credentials [--instance ce]  # DAP_CLIENT_ID / DAP_CLIENT_SECRET, or asks
     python -m mwaa_infra.deploy prepare-database         # also run at the end of every deploy
 
 ``deploy`` builds the bundle (mwaa_infra.bundle), creates or updates the storage stack (the bucket),
@@ -11,6 +12,11 @@ current object's metadata is not uploaded again), creates or updates the main st
 versions of plugins.zip, requirements.txt and startup.sh, waits, prepares the database and prints the
 Airflow UI URL. A stack whose template and parameters are unchanged is not touched, so a re-run with no
 change changes nothing. ``--dry-run`` prints every action and calls no AWS API at all.
+
+``--instances`` lists the Canvas instances the deployment serves (mwaa_infra.instances): the main
+template gets each one's secrets and alarm (mwaa_infra.template) and preparation each one's database.
+Unlike the stack parameters, the list is kept: a deploy without ``--instances`` deploys the list the stack
+was last deployed with, since leaving an instance out deletes its secrets.
 
 Credentials and region come from the usual AWS sources (profile, environment, SSO); never from argv.
 """
@@ -27,6 +33,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mwaa_infra import bundle, database
+from mwaa_infra.instances import (
+    DEFAULT,
+    DEFAULT_DATABASE,
+    DEFAULT_INSTANCES,
+    Instance,
+    check_name,
+    instances_spec,
+    parse_instances,
+)
+from mwaa_infra.template import INSTANCES_OUTPUT, main_template_body
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
@@ -39,7 +55,8 @@ VERSIONED_FILES = {
 }
 SHA256_METADATA_KEY = "sha256"
 CAPABILITIES = ["CAPABILITY_IAM"]
-DATABASE_NAME = "cd2"
+DATABASE_NAME = DEFAULT_DATABASE  # the cluster's own database, where the RDS Data API connects
+CONNECTIONS_PREFIX = "airflow/connections/"
 DEFAULT_DAP_API_URL = "https://api-gateway.instructure.com"
 
 
@@ -62,6 +79,7 @@ class Settings:
     parameters: dict[str, str] = field(default_factory=dict)
     prepare_database: bool = True
     poll_seconds: int = 30
+    instances: tuple[Instance, ...] | None = None  # None: those the main stack was last deployed with
 
     @property
     def storage_stack(self) -> str:
@@ -105,9 +123,11 @@ class Deployer:
 
     # Stacks -------------------------------------------------------------------------------------------
 
-    def deploy_stack(self, name: str, template: Path, parameters: dict[str, str]) -> dict[str, str]:
-        """Create or update stack ``name`` unless unchanged; wait; return its outputs."""
-        body = template.read_text()
+    def deploy_stack(
+        self, name: str, template: Path, parameters: dict[str, str], body: str | None = None
+    ) -> dict[str, str]:
+        """Create or update stack ``name`` from ``body`` (else the template's text) unless unchanged; wait."""
+        body = template.read_text() if body is None else body
         shown = ", ".join(f"{key}={value}" for key, value in sorted(parameters.items())) or "no parameters"
         if self.settings.dry_run:
             self.say(f"would create or update stack {name} from {template.name} with {shown}, and wait")
@@ -138,6 +158,12 @@ class Deployer:
         if stack is None:
             raise RuntimeError(f"stack {name} does not exist: run `python -m mwaa_infra.deploy deploy` first")
         return {output["OutputKey"]: output["OutputValue"] for output in stack.get("Outputs", [])}
+
+    def deployed_instances(self) -> tuple[Instance, ...]:
+        """The instances the main stack was last deployed with: its output, else the default instance."""
+        stack = None if self.settings.dry_run else self._describe_stack(self.settings.main_stack)
+        outputs = {output["OutputKey"]: output["OutputValue"] for output in (stack or {}).get("Outputs", [])}
+        return parse_instances(outputs.get(INSTANCES_OUTPUT, ""))
 
     def _describe_stack(self, name: str) -> dict | None:
         cloudformation = self.aws("cloudformation")
@@ -234,26 +260,53 @@ class Deployer:
 
     # Database and credentials -------------------------------------------------------------------------
 
-    def prepare_database(self, outputs: dict[str, str]) -> None:
-        """Create or refresh the application role through the RDS Data API (idempotent)."""
+    def prepare_database(self, outputs: dict[str, str], instances: tuple[Instance, ...]) -> None:
+        """Create each instance's database and the application role, through the RDS Data API (idempotent).
+
+        The role's login and password are those of ``cd2_postgres``; every other instance's connection is
+        given them too (a password changed in ``cd2_postgres`` reaches them here).
+        """
+        databases = [instance.database for instance in instances]
         if self.settings.dry_run:
-            statements = database.preparation_statements(DATABASE_NAME, "cd2_app", "<from the secret>")
-            self.say(f"would run through the RDS Data API on database {DATABASE_NAME} as the master user:")
-            for statement in statements:
-                self.say(f"    {statement.shown}")
+            self.say(
+                f"would run through the RDS Data API on database {DATABASE_NAME} as the master user "
+                "(CREATE DATABASE only for a database not there yet):"
+            )
+            cluster_database = database.exists_statement(DATABASE_NAME)  # exists; the others may not yet
+            database.prepare(
+                lambda statement: [[1]] if statement == cluster_database else [],
+                databases,
+                "cd2_app",
+                "<from the secret>",
+                lambda line: self.say(f"    {line}"),
+            )
+            if instances != DEFAULT_INSTANCES:
+                self.say(
+                    "would give every other instance's connection the login and password of cd2_postgres"
+                )
             return
-        secret = self.aws("secretsmanager").get_secret_value(SecretId=outputs["PostgresConnectionSecretArn"])
-        login, password = database.connection_login_and_password(secret["SecretString"])
+        secrets = self.aws("secretsmanager")
+        source = secrets.get_secret_value(SecretId=outputs["PostgresConnectionSecretArn"])["SecretString"]
+        login, password = database.connection_login_and_password(source)
         execute = database.run_with_data_api(
             self.aws("rds-data"), outputs["DbClusterArn"], outputs["DbMasterSecretArn"], DATABASE_NAME
         )
-        for statement in database.preparation_statements(DATABASE_NAME, login, password):
-            self.say(f"database: {statement.shown}")
-            execute(statement)
+        database.prepare(execute, databases, login, password, lambda line: self.say(f"database: {line}"))
+        for instance in instances:
+            if instance.name == DEFAULT:
+                continue
+            secret_id = CONNECTIONS_PREFIX + instance.postgres_connection
+            connection = json.loads(secrets.get_secret_value(SecretId=secret_id)["SecretString"])
+            if (connection.get("login"), connection.get("password")) != (login, password):
+                value = json.dumps(connection | {"login": login, "password": password})
+                secrets.put_secret_value(SecretId=secret_id, SecretString=value)
+                self.say(f"secret {secret_id}: login and password set to those of the application role")
 
-    def set_dap_credentials(self, base_url: str, client_id: str, client_secret: str) -> None:
-        """Write the dap_default connection (host = API URL, login = client id, password = secret)."""
-        secret_id = "airflow/connections/dap_default"
+    def set_dap_credentials(
+        self, base_url: str, client_id: str, client_secret: str, instance: str = DEFAULT
+    ) -> None:
+        """Write instance's dap_NAME connection (host = API URL, login = client id, password = secret)."""
+        secret_id = dap_secret_id(instance)
         if self.settings.dry_run:
             self.say(f"would put a new value of secret {secret_id} (host {base_url}, client id and secret)")
             return
@@ -261,11 +314,36 @@ class Deployer:
         self.aws("secretsmanager").put_secret_value(SecretId=secret_id, SecretString=value)
         self.say(f"secret {secret_id} updated (host {base_url}); the next task run uses it")
 
+    def require_dap_secret(self, instance: str) -> None:
+        """Refuse an instance whose DAP secret the stack did not create (before anyone types credentials)."""
+        if self.settings.dry_run:
+            return
+        secrets = self.aws("secretsmanager")
+        try:
+            secrets.describe_secret(SecretId=dap_secret_id(instance))
+        except secrets.exceptions.ResourceNotFoundException:
+            raise RuntimeError(
+                f"secret {dap_secret_id(instance)} does not exist: deploy with --instances listing {instance} first"
+            ) from None
+
     # The whole deployment -----------------------------------------------------------------------------
+
+    def _instances(self) -> tuple[Instance, ...]:
+        """The Canvas instances to deploy: ``--instances``, else those the stack was last deployed with."""
+        if self.settings.instances is not None:
+            chosen, note = self.settings.instances, ""
+        elif self.settings.dry_run:
+            chosen, note = self.deployed_instances(), " (a deploy without --instances keeps the stack's list)"
+        else:
+            chosen, note = self.deployed_instances(), " (as last deployed; --instances changes them)"
+        self.say(f"Canvas instances: {instances_spec(chosen)}{note}")
+        return chosen
 
     def deploy(self) -> dict[str, str]:
         """Run every step; return the main stack's outputs."""
         settings = self.settings
+        instances = self._instances()
+        main_body = main_template_body((settings.templates_dir / "cd2.yaml").read_text(), instances)
         if settings.build:
             if settings.dry_run:
                 self.say(f"would build the bundle into {settings.dist} (python -m mwaa_infra.bundle)")
@@ -297,16 +375,23 @@ class Deployer:
             "PrivateSubnetIds": subnet_ids,
             **{parameter: versions[name] for name, parameter in VERSIONED_FILES.items()},
         }
-        outputs = self.deploy_stack(settings.main_stack, settings.templates_dir / "cd2.yaml", parameters)
+        outputs = self.deploy_stack(
+            settings.main_stack, settings.templates_dir / "cd2.yaml", parameters, body=main_body
+        )
         if settings.prepare_database:
-            self.prepare_database(outputs)
+            self.prepare_database(outputs, instances)
         if "WebserverUrl" in outputs:
             self.say(f"Airflow UI: https://{outputs['WebserverUrl']}")
         return outputs
 
 
+def dap_secret_id(instance: str) -> str:
+    """The secret of instance's DAP connection (dap_default, dap_NAME)."""
+    return f"{CONNECTIONS_PREFIX}dap_{instance}"
+
+
 def dap_connection_secret(base_url: str, client_id: str, client_secret: str) -> str:
-    """The JSON of Airflow connection dap_default as Secrets Manager stores it."""
+    """The JSON of a DAP Airflow connection (dap_default, dap_NAME) as Secrets Manager stores it."""
     return json.dumps({"conn_type": "http", "host": base_url, "login": client_id, "password": client_secret})
 
 
@@ -349,6 +434,12 @@ def parse_args(argv: list[str] | None) -> tuple[str, Settings, argparse.Namespac
         metavar="KEY=VALUE",
         help="main stack parameter, e.g. EnvironmentClass=mw1.medium, AlarmEmail=ops@example.edu (repeatable)",
     )
+    deploy.add_argument(
+        "--instances",
+        metavar="NAME[=DATABASE],...",
+        help="the Canvas instances served, in order (default: as last deployed, else 'default'); "
+        "instance NAME writes database cd2_<name in lower case> unless given, 'default' writes cd2",
+    )
     deploy.add_argument("--skip-database-preparation", action="store_true", help=argparse.SUPPRESS)
 
     commands.add_parser("prepare-database", parents=[common], help="create or refresh the application role")
@@ -358,6 +449,11 @@ def parse_args(argv: list[str] | None) -> tuple[str, Settings, argparse.Namespac
         help="store the DAP client id and secret (from DAP_CLIENT_ID / DAP_CLIENT_SECRET, else prompted)",
     )
     credentials.add_argument("--base-url", default=DEFAULT_DAP_API_URL, help="DAP API base URL")
+    credentials.add_argument(
+        "--instance",
+        default=DEFAULT,
+        help=f"the Canvas instance whose dap_NAME connection (default {DEFAULT})",
+    )
 
     args = parser.parse_args(argv)
     settings = Settings(
@@ -380,6 +476,15 @@ def parse_args(argv: list[str] | None) -> tuple[str, Settings, argparse.Namespac
         settings.subnet_ids = args.subnet_ids
         settings.parameters = dict(args.parameter)
         settings.prepare_database = not args.skip_database_preparation
+        try:
+            settings.instances = None if args.instances is None else parse_instances(args.instances)
+        except ValueError as error:
+            parser.error(f"--instances: {error}")
+    if args.command == "set-dap-credentials":
+        try:
+            check_name(args.instance)
+        except ValueError as error:
+            parser.error(f"--instance: {error}")
     return args.command, settings, args
 
 
@@ -392,15 +497,16 @@ def main(argv: list[str] | None = None) -> int:
         deployer.deploy()
     elif command == "prepare-database":
         outputs = {} if settings.dry_run else deployer.stack_outputs(settings.main_stack)
-        deployer.prepare_database(outputs)
+        deployer.prepare_database(outputs, deployer.deployed_instances())
     elif command == "set-dap-credentials":
+        deployer.require_dap_secret(args.instance)
         client_id = os.environ.get("DAP_CLIENT_ID") or ("" if settings.dry_run else input("DAP client id: "))
         client_secret = os.environ.get("DAP_CLIENT_SECRET") or (
             "" if settings.dry_run else getpass.getpass("DAP client secret: ")
         )
         if not settings.dry_run and not (client_id and client_secret):
             raise SystemExit("a DAP client id and client secret are both needed")
-        deployer.set_dap_credentials(args.base_url, client_id, client_secret)
+        deployer.set_dap_credentials(args.base_url, client_id, client_secret, args.instance)
     return 0
 
 

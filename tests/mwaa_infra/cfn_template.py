@@ -1,8 +1,9 @@
 """Read this project's CloudFormation YAML templates in tests, short-form tags included.
 
 ``load_template`` turns ``!Ref X`` into ``{"Ref": "X"}`` and ``!Sub``/``!GetAtt``/... into their
-``{"Fn::...": ...}`` long forms. ``resolve`` evaluates the few intrinsic functions the secrets use, with
-the values a test gives for parameters and resource attributes.
+``{"Fn::...": ...}`` long forms, with the loader the deploy uses (mwaa_infra.template). ``resolve``
+evaluates the few intrinsic functions the secrets use, with the values a test gives for parameters and
+resource attributes.
 """
 
 from __future__ import annotations
@@ -11,47 +12,16 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from mwaa_infra import template
 from tests.support.paths import REPO_ROOT
 
 TEMPLATES_DIR = REPO_ROOT / "mwaa_infra" / "templates"
 TEMPLATE_PATHS = sorted(TEMPLATES_DIR.glob("*.yaml"))
 
-_FUNCTIONS = ("Base64", "Cidr", "Equals", "FindInMap", "GetAZs", "If", "ImportValue", "Join", "Not", "And")
-_FUNCTIONS += ("Or", "Select", "Split", "Sub", "GetAtt")
-
-
-class _CfnLoader(yaml.SafeLoader):
-    pass
-
-
-def _construct(tag: str):
-    def construct(loader: yaml.Loader, node: yaml.Node) -> dict[str, Any]:
-        if isinstance(node, yaml.ScalarNode):
-            value: Any = loader.construct_scalar(node)
-        elif isinstance(node, yaml.SequenceNode):
-            value = loader.construct_sequence(node, deep=True)
-        else:
-            value = loader.construct_mapping(node, deep=True)
-        if tag == "Ref":
-            return {"Ref": value}
-        if tag == "GetAtt" and isinstance(value, str):
-            value = value.split(".", 1)
-        if tag == "Condition":
-            return {"Condition": value}
-        return {f"Fn::{tag}": value}
-
-    return construct
-
-
-for _tag in (*_FUNCTIONS, "Ref", "Condition"):
-    _CfnLoader.add_constructor(f"!{_tag}", _construct(_tag))
-
 
 def load_template(path: Path) -> dict[str, Any]:
     """The template as a dict, intrinsic functions in long form."""
-    return yaml.load(path.read_text(), Loader=_CfnLoader)  # noqa: S506 - a SafeLoader subclass
+    return template.load_template(path.read_text())
 
 
 def resolve(node: Any, values: dict[str, Any]) -> Any:

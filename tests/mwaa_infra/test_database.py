@@ -111,3 +111,44 @@ def test_verifier_matches_rfc_7677_test_vector() -> None:
     )
     server_signature = hmac.digest(server_key, auth_message.encode(), "sha256")
     assert base64.b64encode(server_signature).decode() == "6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4="
+
+
+SECOND = f"{DATABASE}_ce"
+
+
+@pytest.fixture
+def two_databases(aurora_like: PostgresServer):
+    """The Aurora-like server with the cluster's database only; a second instance's is dropped after."""
+    admin = aurora_like.connect()
+    with admin.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{SECOND}" WITH (FORCE)')
+    yield aurora_like
+    with admin.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{SECOND}" WITH (FORCE)')
+    admin.close()
+
+
+def test_preparation_creates_each_missing_instance_database_and_grants_the_role_the_same_in_each(
+    two_databases: PostgresServer,
+) -> None:
+    said: list[str] = []
+    with closing(connect(two_databases, MASTER, MASTER_PASSWORD)) as master, master.cursor() as cur:
+
+        def execute(statement: database.Statement) -> list:
+            cur.execute(statement.sql)
+            return cur.fetchall() if cur.description else []
+
+        database.prepare(execute, [DATABASE, SECOND], ROLE, ROLE_PASSWORD, said.append)
+        database.prepare(execute, [DATABASE, SECOND], ROLE, ROLE_PASSWORD, said.append)  # idempotent
+    assert said.count(f"CREATE DATABASE {SECOND}") == 1 and f"CREATE DATABASE {DATABASE}" not in said
+    assert said.count(f"GRANT CONNECT, CREATE ON DATABASE {SECOND} TO {ROLE}") == 2
+    for name in (DATABASE, SECOND):
+        app = psycopg2.connect(
+            host=two_databases.host, port=two_databases.port, user=ROLE, password=ROLE_PASSWORD, dbname=name
+        )
+        app.autocommit = True
+        with closing(app), app.cursor() as cur:
+            cur.execute("CREATE SCHEMA IF NOT EXISTS instructure_dap")
+            cur.execute("CREATE TABLE instructure_dap.budget (client text PRIMARY KEY)")
+            cur.execute("DROP SCHEMA instructure_dap CASCADE")
+    assert not any("SCRAM-SHA-256$" in line or ROLE_PASSWORD in line for line in said)

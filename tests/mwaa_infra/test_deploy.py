@@ -2,11 +2,14 @@
 
 moto's CloudFormation cannot create an MWAA environment or a Serverless v2 cluster, so the main stack
 deployed here is the real cd2.yaml's parameter section with one SNS topic as its only resource: what is
-checked is what the deploy command sends, and moto records the parameters a stack was given.
+checked is what the deploy command sends, and moto records the parameters a stack was given. The tests of
+several Canvas instances add the resources the deploy copies per instance, which moto skips (it has no
+such resource types) while keeping the template the deploy sent.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 from pathlib import Path
@@ -15,8 +18,8 @@ import boto3
 import pytest
 import yaml
 
-from mwaa_infra import deploy
-from tests.mwaa_infra.cfn_template import TEMPLATES_DIR, load_template
+from mwaa_infra import deploy, template
+from tests.mwaa_infra.cfn_template import TEMPLATES_DIR, load_template, resources_of_type
 
 PREFIX = "cd2"
 
@@ -82,11 +85,14 @@ def network(aws: str) -> tuple[str, str]:
     return vpc, ",".join(subnets)
 
 
-def run_deploy(endpoint: str, dist: Path, templates: Path, network: tuple[str, str], *extra: str) -> None:
+def run_deploy(
+    endpoint: str, dist: Path, templates: Path, network: tuple[str, str], *extra: str, prepare: bool = False
+) -> None:
     vpc, subnets = network
     argv = ["deploy", "--prefix", PREFIX, "--region", "us-east-1", "--endpoint-url", endpoint]
     argv += ["--skip-bundle", "--dist", str(dist), "--templates-dir", str(templates), "--poll-seconds", "1"]
-    argv += ["--vpc-id", vpc, "--subnet-ids", subnets, "--skip-database-preparation", *extra]
+    argv += ["--vpc-id", vpc, "--subnet-ids", subnets, *extra]
+    argv += [] if prepare else ["--skip-database-preparation"]
     assert deploy.main(argv) == 0
 
 
@@ -276,3 +282,148 @@ def test_dry_run_deploy_lists_every_action(dead_endpoint, built_bundle: Path, ca
         assert f"/{relative.as_posix()} unless its sha256" in output
     assert "ALTER ROLE cd2_app WITH LOGIN PASSWORD '<SCRAM verifier>'" in output
     assert "SCRAM-SHA-256$" not in output
+
+
+# Several Canvas instances ---------------------------------------------------------------------------------
+
+CLUSTER_ARN = "arn:aws:rds:us-east-1:123456789012:cluster:cd2-db"
+MASTER_SECRET_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:rds!cluster-1-AbCdEf"
+ROLE_PASSWORD = "Generated0Password0Of0The0Role"
+
+
+@pytest.fixture
+def instance_templates(moto_templates: Path) -> Path:
+    """moto_templates' cd2.yaml with what the deploy copies for other instances, and the outputs it reads.
+
+    moto's CloudFormation skips the secrets, the alarm and the MWAA environment (it has none of them): the
+    stack records the template the deploy sent, and a test creates the secrets CloudFormation would.
+    """
+    real = load_template(TEMPLATES_DIR / "cd2.yaml")
+    main = yaml.safe_load((moto_templates / "cd2.yaml").read_text())
+    main["Mappings"], main["Conditions"] = real["Mappings"], real["Conditions"]
+    for logical_id in ("Environment", *template.PER_INSTANCE):
+        main["Resources"][logical_id] = real["Resources"][logical_id]
+    main["Outputs"] |= {
+        "DbClusterArn": {"Value": CLUSTER_ARN},
+        "DbMasterSecretArn": {"Value": MASTER_SECRET_ARN},
+        "PostgresConnectionSecretArn": {"Value": "airflow/connections/cd2_postgres"},
+    }
+    (moto_templates / "cd2.yaml").write_text(yaml.safe_dump(main, sort_keys=False))
+    return moto_templates
+
+
+def sent_template(endpoint: str) -> str:
+    cloudformation = boto3.client("cloudformation", endpoint_url=endpoint)
+    return cloudformation.get_template(StackName=PREFIX, TemplateStage="Original")["TemplateBody"]
+
+
+def stack_outputs(endpoint: str) -> dict[str, str]:
+    return {o["OutputKey"]: o["OutputValue"] for o in main_stack(endpoint).get("Outputs", [])}
+
+
+def postgres_connection(database: str, password: str) -> str:
+    return json.dumps(
+        {"conn_type": "postgres", "host": "db.example.test", "port": 5432, "schema": database}
+        | {"login": "cd2_app", "password": password, "extra": {"sslmode": "require"}}
+    )
+
+
+def test_a_second_instance_gets_its_secrets_its_database_and_the_configuration_option(
+    aws: str, storage_stack: str, dist: Path, instance_templates: Path, network, capsys
+) -> None:
+    secrets = boto3.client("secretsmanager", endpoint_url=aws)
+    # What CloudFormation creates and moto's does not: the role's connection, the new instance's ones
+    # (its password from before the role's last change, to be aligned by the preparation).
+    secrets.create_secret(
+        Name="airflow/connections/cd2_postgres", SecretString=postgres_connection("cd2", ROLE_PASSWORD)
+    )
+    secrets.create_secret(
+        Name="airflow/connections/cd2_postgres_ce", SecretString=postgres_connection("cd2_ce", "old")
+    )
+    secrets.create_secret(Name="airflow/connections/dap_ce", SecretString='{"conn_type": "http"}')
+
+    run_deploy(aws, dist, instance_templates, network, "--instances", "default,ce", prepare=True)
+
+    sent = template.load_template(sent_template(aws))
+    names = {r["Properties"]["Name"] for r in resources_of_type(sent, "AWS::SecretsManager::Secret").values()}
+    assert {
+        "airflow/connections/dap_ce",
+        "airflow/connections/cd2_postgres_ce",
+        "airflow/variables/cd2_config_ce",
+    } < names
+    options = sent["Resources"]["Environment"]["Properties"]["AirflowConfigurationOptions"]["Fn::If"][1:]
+    assert [branch["cd2.instances"] for branch in options] == ["default,ce", "default,ce"]
+    assert stack_outputs(aws)["Instances"] == "default=cd2,ce=cd2_ce"
+    output = capsys.readouterr().out
+    assert "Canvas instances: default=cd2,ce=cd2_ce\n" in output
+    for statement in (
+        "CREATE DATABASE cd2_ce",
+        *(f"GRANT CONNECT, CREATE ON DATABASE {d} TO cd2_app" for d in ("cd2", "cd2_ce")),
+    ):
+        assert f"database: {statement}\n" in output
+    aligned = json.loads(
+        secrets.get_secret_value(SecretId="airflow/connections/cd2_postgres_ce")["SecretString"]
+    )
+    assert (aligned["schema"], aligned["login"], aligned["password"]) == ("cd2_ce", "cd2_app", ROLE_PASSWORD)
+    assert ROLE_PASSWORD not in output
+
+    # prepare-database alone prepares the instances the stack was deployed with.
+    common = ["--prefix", PREFIX, "--region", "us-east-1", "--endpoint-url", aws]
+    assert deploy.main(["prepare-database", *common]) == 0
+    output = capsys.readouterr().out
+    assert "database: GRANT CONNECT, CREATE ON DATABASE cd2_ce TO cd2_app\n" in output
+    assert "secret airflow/connections/cd2_postgres_ce" not in output  # already aligned
+
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("DAP_CLIENT_ID", "client-of-ce")
+        env.setenv("DAP_CLIENT_SECRET", "secret-of-ce")
+        assert deploy.main(["set-dap-credentials", "--instance", "ce", *common]) == 0
+    stored = secrets.get_secret_value(SecretId="airflow/connections/dap_ce")["SecretString"]
+    assert stored == deploy.dap_connection_secret(deploy.DEFAULT_DAP_API_URL, "client-of-ce", "secret-of-ce")
+    # An instance not deployed is refused before its credentials are asked for (stdin is not readable here).
+    with pytest.raises(RuntimeError, match="dap_de does not exist: deploy with --instances listing de first"):
+        deploy.main(["set-dap-credentials", "--instance", "de", *common])
+
+
+def test_a_rerun_with_the_same_instances_changes_nothing_and_one_without_the_list_keeps_it(
+    aws: str, storage_stack: str, dist: Path, instance_templates: Path, network, capsys
+) -> None:
+    run_deploy(aws, dist, instance_templates, network, "--instances", "default,ce")
+    body, parameters = sent_template(aws), stack_parameters(aws)
+    capsys.readouterr()
+    run_deploy(aws, dist, instance_templates, network, "--instances", "default,ce")
+    run_deploy(aws, dist, instance_templates, network)
+    output = capsys.readouterr().out
+    assert "Canvas instances: default=cd2,ce=cd2_ce (as last deployed; --instances changes them)" in output
+    assert output.count("template and parameters unchanged") == 4  # storage and main stacks, twice
+    assert "creating" not in output and "updating" not in output and "uploaded" not in output
+    assert (sent_template(aws), stack_parameters(aws)) == (body, parameters)
+    assert "LastUpdatedTime" not in main_stack(aws)
+
+
+def test_the_default_instance_alone_deploys_cd2_yaml_as_it_is_before_and_after_a_second_instance(
+    aws: str, storage_stack: str, dist: Path, instance_templates: Path, network
+) -> None:
+    as_it_is = (instance_templates / "cd2.yaml").read_text()
+    run_deploy(aws, dist, instance_templates, network, "--instances", "default")
+    assert sent_template(aws) == as_it_is and "Instances" not in stack_outputs(aws)
+    parameters = stack_parameters(aws)
+    run_deploy(aws, dist, instance_templates, network, "--instances", "default,ce")
+    assert sent_template(aws) != as_it_is and stack_parameters(aws) == parameters
+    run_deploy(aws, dist, instance_templates, network, "--instances", "default")
+    assert sent_template(aws) == as_it_is and "Instances" not in stack_outputs(aws)
+    assert stack_parameters(aws) == parameters
+
+
+def test_dry_run_deploy_of_two_instances_lists_both_databases(
+    dead_endpoint, built_bundle: Path, capsys
+) -> None:
+    url, connections = dead_endpoint
+    argv = ["deploy", "--dry-run", "--create-network", "--instances", "default,ce", "--endpoint-url", url]
+    assert deploy.main([*argv, "--region", "us-east-1", "--dist", str(built_bundle)]) == 0
+    output = capsys.readouterr().out
+    assert connections() == 0
+    assert "Canvas instances: default=cd2,ce=cd2_ce\n" in output
+    assert "    CREATE DATABASE cd2_ce\n" in output
+    assert "    GRANT CONNECT, CREATE ON DATABASE cd2_ce TO cd2_app\n" in output
+    assert "would give every other instance's connection the login and password of cd2_postgres" in output
