@@ -17,8 +17,12 @@ export CD2_DAP_PYTHON := $(abspath $(DAP_PY))
 export CD2_TOOLS_BIN := $(abspath $(TOOLS_BIN))
 
 # The tests CI also runs on a second PostgreSQL major (test-postgres): DAG level, faults, version warning.
+# Not those whose promise is Airflow's side (parsing, scheduling, the UI, assets, several instances) or
+# the other tools' builders (moving in): they touch the target database as the DAG-level runs do.
 POSTGRES_TESTS ?= tests/dags tests/local_dap/emulator/test_faults.py tests/local_dap/test_postgres.py \
 	tests/plugins/cd2/dap_child/test_server_version.py tests/plugins/cd2/dap_child/test_fault_matrix.py
+POSTGRES_IGNORES := $(foreach t,integrity operator_view assets_downstream real_scheduler instances adopt,\
+	--ignore=tests/dags/test_$(t).py)
 
 .PHONY: help run test lint test-airflow-3.2.1 test-postgres venvs lock bundle deploy clean check-python check-postgres \
 	status-screenshot
@@ -45,14 +49,16 @@ lint: $(VENV)/tools/.installed
 
 # The shape lifecycle and log history tests prove the child's work on the database, which the Airflow
 # version does not change; they run in `make test` and on the second PostgreSQL major, not here.
-AIRFLOW_ONLY_IGNORES := --ignore=tests/dags/test_lifecycle.py --ignore=tests/dags/test_log_history.py
+# Moving in (test_adopt) is the other tools' builders and the child's work, not the Airflow version's.
+AIRFLOW_ONLY_IGNORES := --ignore=tests/dags/test_lifecycle.py --ignore=tests/dags/test_log_history.py \
+	--ignore=tests/dags/test_adopt.py
 
 test-airflow-3.2.1:
 	$(MAKE) AIRFLOW_VERSION=3.2.1 venvs check-postgres
 	$(VENV)/airflow-3.2.1/bin/python -m pytest $(AIRFLOW_ONLY_IGNORES) tests/dags
 
 test-postgres: venvs check-postgres
-	$(AIRFLOW_PY) -m pytest -v $(POSTGRES_TESTS)
+	$(AIRFLOW_PY) -m pytest -v $(POSTGRES_IGNORES) $(POSTGRES_TESTS)
 
 venvs: $(AIRFLOW_VENV)/.installed $(VENV)/dap/.installed $(VENV)/tools/.installed
 

@@ -8,26 +8,29 @@ no init) and leave it equal to the emulator's truth.
 
 Those two tools do not run ``dap initdb``: their tasks (in the versions of their code read) call the
 library (``SQLReplicator.initialize`` and ``synchronize``) with no ``version_upgrade()``, which leaves
-``instructure_dap.database_version`` empty. Such a replica is re-initialized, not synced, by the first run
-(a strict expected failure, so a fix shows up); the last test shows the cause in the client and the one
-statement docs/moving-in.md gives for it.
+``instructure_dap.database_version`` empty; the client's own upgrade would then empty ``table_sync`` and
+every table would be re-initialized. The child records the version first (``cd2.dap_child.adoption``),
+so that replica is synced in place too; the last test checks when it does and when it leaves the
+client's upgrade alone.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg2
 import pytest
 
 from local_dap.truth import replica_truth
 from tests.dags.replica import FRESH_ENOUGH, Replica
-from tests.local_dap.emulator.conftest import run_library
 from tests.support import venv
-from tests.support.paths import DAP_BIN, REPO_ROOT
+from tests.support.paths import DAP_BIN, DAP_PYTHON, REPO_ROOT
 
 # A table with lookup tables (``<table>__<column>``, foreign keys into them) in canvas_logs, and a
 # canvas table whose only special columns are PostgreSQL enums.
@@ -117,7 +120,7 @@ def _run(args: list[str], replica: Replica) -> None:
     """Run a builder against the emulator: API URL, credentials and the connection string by environment."""
     env = replica.emulator.client_env(DAP_CONNECTION_STRING=replica.url)
     result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
-    if result.returncode != 0:  # not an AssertionError: the expected failure below must not hide it
+    if result.returncode != 0:
         pytest.fail(f"{args[:3]} failed ({result.returncode}):\n{(result.stdout + result.stderr)[-5000:]}")
 
 
@@ -217,6 +220,8 @@ def moves_in(replica: Replica, builder: Builder, bin_dir: Path) -> None:
     assert relation_oids(replica) == oids  # synced in place: not a new copy swapped in
     replica.assert_in_step(TABLES)
     assert database_version(replica) == [1]
+    # The child says when it recorded the layout version the builder left out.
+    assert ("Recorded version 1" in run.output) is (builder is LIBRARY_1_4_0), run.output[-3000:]
 
 
 @pytest.mark.parametrize(
@@ -224,6 +229,7 @@ def moves_in(replica: Replica, builder: Builder, bin_dir: Path) -> None:
     [
         pytest.param(STOCK_2_3_1, id="dap-initdb-2.3.1"),
         pytest.param(INITDB_1_4_0, id="dap-initdb-1.4.0", marks=pytest.mark.slow),
+        pytest.param(LIBRARY_1_4_0, id="library-1.4.0-without-version_upgrade", marks=pytest.mark.slow),
     ],
 )
 def test_a_replica_built_by_another_tool_is_planned_as_sync_and_synced_in_place(builder, replica, request):
@@ -231,61 +237,49 @@ def test_a_replica_built_by_another_tool_is_planned_as_sync_and_synced_in_place(
     moves_in(replica, builder, bin_dir)
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="a replica built without version_upgrade() has an empty instructure_dap.database_version: the "
-    "plan (which does not upgrade) says sync, but the run's version_upgrade() runs the client's 0-to-1 "
-    "script, whose TRUNCATE of instructure_dap.table_sync makes every table 'not initialized', so the "
-    "run re-initializes every table (new OIDs, full snapshots) instead of syncing; docs/moving-in.md "
-    "gives the one statement that avoids it",
-)
-def test_a_replica_built_by_the_library_without_version_upgrade_is_synced_in_place(replica, dap_1_4_0_bin):
-    moves_in(replica, LIBRARY_1_4_0, dap_1_4_0_bin)
+ADOPTION = """
+import asyncio, json, sys
+import asyncpg
+from cd2.dap_child.adoption import record_layout_version
 
+async def main(url):
+    conn = await asyncpg.connect(url)
+    try:
+        print(json.dumps(await record_layout_version(conn)))
+    finally:
+        await conn.close()
 
-# The guide's one statement for a replica built without version_upgrade() (docs/moving-in.md): record the
-# metadata layout version the 1.x client wrote, as the client's own upgrade would, without its 0-to-1
-# script's TRUNCATE of table_sync. Never where a pre-1.0 ``<namespace>.dap_meta`` table exists: that layout
-# is what the script migrates.
-RECORD_DATABASE_VERSION = """
-INSERT INTO instructure_dap.database_version (version)
-SELECT 1
-WHERE NOT EXISTS (SELECT FROM instructure_dap.database_version)
-  AND NOT EXISTS (SELECT FROM information_schema.tables WHERE table_name = 'dap_meta')
+asyncio.run(main(sys.argv[1]))
 """
 
 
-NOT_INITIALIZED = "Table not initialized. Please run initdb first."
-
-
-@pytest.mark.slow
-def test_the_guides_statement_lets_the_2_3_1_client_sync_a_replica_built_without_version_upgrade(
-    postgres_server, dap_emulator, dap_1_4_0_bin
-):
-    """The cause of the expected failure above, in the client alone: its version_upgrade() (which the
-    DAG's child, ``dap syncdb`` and ``local_dap.emulator.replicate`` run first) empties table_sync of a
-    replica the 1.4.0 library built without it; after the guide's statement the 2.3.1 client syncs it in
-    place."""
-    dap_emulator.reset()
-    # Only a database and the emulator: no DAG run here.
-    as_built = Replica(None, dap_emulator, postgres_server, None, "adopt_library_as_built")
-    with_statement = Replica(None, dap_emulator, postgres_server, None, "adopt_library_with_statement")
-    for replica in (as_built, with_statement):
-        library_init_1_4_0(replica, dap_1_4_0_bin)
-        assert database_version(replica) == []
-    with postgres_server.connect(with_statement.database) as conn, conn.cursor() as cur:
-        cur.execute(RECORD_DATABASE_VERSION)
-    oids = relation_oids(with_statement)
-    dap_emulator.advance(changes=10, tables=TABLES)
-
-    def sync(replica: Replica) -> dict[str, dict]:
-        return {label: run_library(dap_emulator, "sync", *label.split("."), replica.url) for label in TABLES}
-
-    refused = {"ok": False, "error_type": "ValueError", "message": NOT_INITIALIZED}
-    assert sync(as_built) == dict.fromkeys(TABLES, refused)
-    assert sync(with_statement) == dict.fromkeys(TABLES, {"ok": True})
-    assert relation_oids(with_statement) == oids
-    with_statement.assert_in_step(TABLES)
-    assert database_version(as_built) == database_version(with_statement) == [1]
+@pytest.mark.parametrize(
+    "setup, recorded",
+    [
+        pytest.param("", False, id="empty-database"),
+        pytest.param("SYNC; VERSION", False, id="no-table-initialized"),
+        pytest.param("SYNC; VERSION; ROW", True, id="built-without-version_upgrade"),
+        pytest.param("SYNC; VERSION; ROW; RECORDED", False, id="version-recorded"),
+        pytest.param("SYNC; VERSION; ROW; DAP_META", False, id="pre-1.0-layout-left-to-the-client"),
+    ],
+)
+def test_the_layout_version_is_recorded_only_for_a_1x_replica_without_one(database_url, setup, recorded):
+    statements = {
+        "SYNC": "CREATE SCHEMA instructure_dap; CREATE TABLE instructure_dap.table_sync (source_table text)",
+        "VERSION": "CREATE TABLE instructure_dap.database_version (version int PRIMARY KEY)",
+        "ROW": "INSERT INTO instructure_dap.table_sync VALUES ('accounts')",
+        "RECORDED": "INSERT INTO instructure_dap.database_version VALUES (1)",
+        "DAP_META": "CREATE SCHEMA canvas; CREATE TABLE canvas.dap_meta (source_table text)",
+    }
+    with psycopg2.connect(database_url) as conn, conn.cursor() as cur:
+        for step in filter(None, (part.strip() for part in setup.split(";"))):
+            cur.execute(statements[step])
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO_ROOT / "plugins")}
+    result = subprocess.run(
+        [str(DAP_PYTHON), "-c", ADOPTION, database_url], env=env, capture_output=True, text=True, check=True
+    )
+    assert json.loads(result.stdout) is recorded
+    if "VERSION" in setup:
+        with psycopg2.connect(database_url) as conn, conn.cursor() as cur:
+            cur.execute("SELECT version FROM instructure_dap.database_version")
+            assert [row[0] for row in cur.fetchall()] == ([1] if recorded or "RECORDED" in setup else [])

@@ -221,3 +221,16 @@ def test_each_instance_reads_its_own_connections_and_variable_through_airflow(
         == f"postgresql://cd2_app:{GENERATED_PASSWORD}@{DB_HOST}:5432/cd2_ce?ssl=require"
     )
     assert read["cd2_config_ce"] == {"namespaces": ["canvas"], "sns_topic_arn": TOPIC_ARN}
+
+
+@pytest.mark.parametrize("spec", ["default", "default,ce", "east,West_2=replica_w"])
+def test_the_deploy_names_every_instance_as_the_dag_reads_it(spec: str) -> None:
+    """The deploy (which runs without the plugins on its path) and cd2.instances name each instance's DAG,
+    connections and Variable alike, and list the instances in one order (the first keeps the API budget)."""
+    from cd2.instances import instances_from
+
+    deployed = parse_instances(spec)
+    read = instances_from(",".join(instance.name for instance in deployed))
+    assert [(i.dag_id, i.dap_connection, i.postgres_connection, i.variable) for i in deployed] == [
+        (i.dag_id, i.dap_conn_id, i.postgres_conn_id, i.config_variable) for i in read
+    ]

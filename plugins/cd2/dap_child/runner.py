@@ -34,7 +34,7 @@ from cd2.contract import (
     TableRef,
     TableResult,
 )
-from cd2.dap_child import history, locks, patches, server_version, staging, views
+from cd2.dap_child import adoption, history, locks, patches, server_version, staging, views
 from cd2.dap_child.ddl_guard import views_kept_around_ddl
 from cd2.dap_child.errors import LockHeldTooLong, LockTimeout, PreviousCopyKept, classify
 from cd2.dap_child.plan import plan_table
@@ -76,6 +76,7 @@ async def version_upgrade(replicator: SQLReplicator, conn: asyncpg.Connection) -
     for attempt in range(1, VERSION_UPGRADE_TRIES + 1):
         try:
             async with locks.schema_lock(conn):
+                await adoption.record_layout_version(conn)
                 await replicator.version_upgrade()
             return
         except QueryException as error:
