@@ -6,9 +6,7 @@ The deploy itself with several instances runs against moto in test_deploy.py.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,9 +14,8 @@ import pytest
 from mwaa_infra import deploy, template
 from mwaa_infra.instances import DEFAULT_INSTANCES, Instance, instances_spec, parse_instances
 from tests.mwaa_infra.cfn_template import TEMPLATES_DIR, resolve, resources_of_type
-from tests.mwaa_infra.test_secrets_backend import DB_HOST, GENERATED_PASSWORD, TOPIC_ARN, store
-from tests.support.moto_server import aws_test_environment
-from tests.support.paths import REPO_ROOT, TOOLS_BIN
+from tests.mwaa_infra.test_secrets_backend import DB_HOST, GENERATED_PASSWORD, TOPIC_ARN, run_reader, store
+from tests.support.paths import TOOLS_BIN
 
 MAIN_TEXT = (TEMPLATES_DIR / "cd2.yaml").read_text()
 TWO = parse_instances("default,ce")
@@ -193,24 +190,8 @@ def test_each_instance_reads_its_own_connections_and_variable_through_airflow(
     )
     store(aws, secrets)
     options = generated["Resources"]["Environment"]["Properties"]["AirflowConfigurationOptions"]["Fn::If"][2]
-    spec = {
-        "backend": options["secrets.backend"],
-        "kwargs": json.loads(options["secrets.backend_kwargs"]),
-        "names": [("dap_ce", "cd2_postgres_ce", "cd2_config_ce")],
-    }
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("AIRFLOW", "AWS_"))}
-    env |= aws_test_environment(aws)
-    env |= {"AIRFLOW_HOME": str(tmp_path / "airflow"), "PYTHONPATH": str(REPO_ROOT / "plugins")}
-    result = subprocess.run(
-        [sys.executable, "-c", READER],
-        input=json.dumps(spec),
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    read = json.loads(result.stdout.strip().splitlines()[-1])
+    spec = {"names": [("dap_ce", "cd2_postgres_ce", "cd2_config_ce")]}
+    read = run_reader(READER, options, spec, aws, tmp_path)
     assert read["dap_ce"] == {
         "host": "https://api-gateway.instructure.com",
         "login": "client-of-ce",

@@ -72,15 +72,20 @@ def template_secrets(namespaces: list[str], max_active_tables: int) -> dict[str,
 def read_with_airflow(endpoint: str, tmp_path: Path) -> dict:
     options = load_template(TEMPLATES_DIR / "cd2.yaml")["Resources"]["Environment"]["Properties"]
     mwaa_config = options["AirflowConfigurationOptions"]["Fn::If"][2]  # the branch without a schedule
+    return run_reader(READER, mwaa_config, {}, endpoint, tmp_path)
+
+
+def run_reader(reader: str, mwaa_config: dict, spec: dict, endpoint: str, tmp_path: Path) -> dict:
+    """What ``reader`` prints, run in Airflow with the secrets backend MWAA's configuration names."""
     spec = {
         "backend": mwaa_config["secrets.backend"],
         "kwargs": json.loads(mwaa_config["secrets.backend_kwargs"]),
-    }
+    } | spec
     env = {key: value for key, value in os.environ.items() if not key.startswith(("AIRFLOW", "AWS_"))}
     env |= aws_test_environment(endpoint)
     env |= {"AIRFLOW_HOME": str(tmp_path / "airflow"), "PYTHONPATH": str(REPO_ROOT / "plugins")}
     result = subprocess.run(
-        [sys.executable, "-c", READER],
+        [sys.executable, "-c", reader],
         input=json.dumps(spec),
         capture_output=True,
         text=True,

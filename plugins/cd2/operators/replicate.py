@@ -26,6 +26,10 @@ class _TableOperator(BaseOperator):
 
     The record is pushed in the same shape when the task fails or skips itself, so the next task and
     the notification read one XCom per task, whatever happened.
+
+    :param dap_conn_id: the DAP API connection; ``postgres_conn_id``: the target database;
+        ``budget_conn_id``: the database keeping the API budget, when not the target.
+    :param tables_alias: the asset alias a changed table's event is attached to (one per instance).
     """
 
     template_fields: Sequence[str] = ("table_label",)

@@ -93,27 +93,19 @@ def test_an_instance_section_overrides_cd2_option_by_option(monkeypatch):
     assert DagSettings().max_active_tables == DEFAULT_MAX_ACTIVE_TABLES
 
 
-def test_an_instance_option_out_of_range_names_the_instance_section(monkeypatch):
+@pytest.mark.parametrize(
+    "option, value, said",
+    [
+        ("CD2_CE__MAX_ACTIVE_TABLES", "0", r"\[cd2_ce\] max_active_tables = '0' must be"),
+        ("CD2__LOCK_WAIT_SECONDS", "-1", r"\[cd2\] lock_wait_seconds = '-1'"),  # inherited: named where set
+        ("CD2_CE__SCHEDUL", "@daily", r"\[cd2_ce\] has unknown option\(s\) \['schedul'\]"),
+    ],
+)
+def test_a_bad_instance_option_is_refused_naming_where_it_is_set(monkeypatch, option, value, said):
     monkeypatch.setenv("AIRFLOW__CD2__INSTANCES", "ce")
-    monkeypatch.setenv("AIRFLOW__CD2_CE__MAX_ACTIVE_TABLES", "0")
+    monkeypatch.setenv(f"AIRFLOW__{option}", value)
     [ce] = configured_instances()
-    with pytest.raises(SettingsError, match=r"\[cd2_ce\] max_active_tables = '0' must be"):
-        _ = ce.settings
-
-
-def test_a_value_inherited_from_cd2_is_named_where_it_is_set(monkeypatch):
-    monkeypatch.setenv("AIRFLOW__CD2__INSTANCES", "ce")
-    monkeypatch.setenv("AIRFLOW__CD2__LOCK_WAIT_SECONDS", "-1")
-    [ce] = configured_instances()
-    with pytest.raises(SettingsError, match=r"\[cd2\] lock_wait_seconds = '-1'"):
-        _ = ce.settings
-
-
-def test_an_unknown_option_in_an_instance_section_is_refused(monkeypatch):
-    monkeypatch.setenv("AIRFLOW__CD2__INSTANCES", "ce")
-    monkeypatch.setenv("AIRFLOW__CD2_CE__SCHEDUL", "@daily")
-    [ce] = configured_instances()
-    with pytest.raises(SettingsError, match=r"\[cd2_ce\] has unknown option\(s\) \['schedul'\]"):
+    with pytest.raises(SettingsError, match=said):
         _ = ce.settings
 
 

@@ -7,9 +7,14 @@ import json
 import subprocess
 from pathlib import Path
 
+from cd2.contract import Action, TableJob, TableResult
+from cd2.hooks.dap import DapHook
 from tests.support.paths import DAP_PYTHON
 
 DRIVER = Path(__file__).resolve().parent / "replicate_driver.py"
+NS = "canvas"
+# CD2_STREAMING for each way of loading a job's objects.
+MODES = {"download_then_load": "0", "streaming": "1"}
 
 
 def run_driver(
@@ -28,6 +33,32 @@ def run_driver(
     assert result.returncode == 0, f"{settings} {operation} {namespace}.{table}:\n{result.stderr[-3000:]}"
     line = next(x for x in result.stdout.splitlines() if x.startswith("DRIVER_RESULT "))
     return json.loads(line.removeprefix("DRIVER_RESULT "))
+
+
+def run_in_mode(emulator, database_url: str, operation: str, namespace: str, table: str, mode: str) -> dict:
+    """:func:`run_driver` with objects loaded as ``mode`` (a key of :data:`MODES`) says."""
+    return run_driver(emulator, database_url, operation, namespace, table, CD2_STREAMING=MODES[mode])
+
+
+def run(hook: DapHook, action: Action, table: str) -> TableResult:
+    """One table job of ``NS`` through the product's own child process."""
+    return hook.run_table_job(TableJob(action=action, namespace=NS, table=table))
+
+
+def table_sync_row(database_url: str, table: str) -> tuple | None:
+    """The client's watermark and schema version of ``NS.table`` (None: no row, or no table_sync)."""
+    import psycopg2
+
+    with psycopg2.connect(database_url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT to_regclass('instructure_dap.table_sync') IS NOT NULL")
+        if not cur.fetchone()[0]:
+            return None
+        cur.execute(
+            "SELECT timestamp, schema_version FROM instructure_dap.table_sync "
+            "WHERE source_namespace = %s AND source_table = %s",
+            (NS, table),
+        )
+        return cur.fetchone()
 
 
 # Statement-level triggers fire once per statement execution: executemany executes once per record.

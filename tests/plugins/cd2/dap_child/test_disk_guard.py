@@ -15,34 +15,13 @@ import tempfile
 
 import pytest
 
-from cd2.contract import Action, ErrorCategory, TableJob
+from cd2.contract import Action, ErrorCategory
 from cd2.hooks.dap import DapHook, DapPermanentError
 from local_dap.airflow_home import dap_connection, postgres_connection
 from local_dap.control import start_emulator
 from local_dap.truth import replica_truth
+from tests.plugins.cd2.dap_child.driving import NS, run, table_sync_row
 from tests.support.paths import DAP_PYTHON
-
-NS = "canvas"
-
-
-def run(hook: DapHook, action: Action, table: str):
-    return hook.run_table_job(TableJob(action=action, namespace=NS, table=table))
-
-
-def table_sync_row(database_url: str, table: str) -> tuple | None:
-    import psycopg2
-
-    with psycopg2.connect(database_url) as conn, conn.cursor() as cur:
-        cur.execute("SELECT to_regclass('instructure_dap.table_sync') IS NOT NULL")
-        if not cur.fetchone()[0]:
-            return None
-        cur.execute(
-            "SELECT timestamp, schema_version FROM instructure_dap.table_sync "
-            "WHERE source_namespace = %s AND source_table = %s",
-            (NS, table),
-        )
-        return cur.fetchone()
-
 
 TMPFS_MIB = 2
 

@@ -13,22 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from cd2.contract import Action, ErrorCategory, TableJob
+from cd2.contract import Action, ErrorCategory
 from cd2.hooks.dap import DapHook, DapTransientError
 from local_dap.airflow_home import dap_connection, postgres_connection
 from local_dap.control import start_emulator
 from local_dap.emulator.builtin import builtin_tables
 from local_dap.truth import replica_truth
-from tests.plugins.cd2.dap_child import driving
+from tests.plugins.cd2.dap_child.driving import MODES, NS, run, run_in_mode, table_sync_row
 from tests.support.paths import DAP_PYTHON
 
 HERE = Path(__file__).resolve().parent
 BUILTIN_TABLES = [(t.namespace, t.name) for t in builtin_tables()]
-MODES = {"download_then_load": "0", "streaming": "1"}
-
-
-def run_driver(emulator, database_url: str, operation: str, namespace: str, table: str, mode: str) -> dict:
-    return driving.run_driver(emulator, database_url, operation, namespace, table, CD2_STREAMING=MODES[mode])
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +38,7 @@ def replicas(postgres_server):
 
     def replicate_all(operation: str, mode: str) -> None:
         for namespace, table in BUILTIN_TABLES:
-            result = run_driver(emulator, urls[mode], operation, namespace, table, mode)
+            result = run_in_mode(emulator, urls[mode], operation, namespace, table, mode)
             truth = replica_truth(urls[mode], namespace, table)
             outcomes.setdefault((operation, namespace, table), {})[mode] = (result, truth)
 
@@ -84,8 +79,6 @@ def test_streamed_replica_equals_the_download_then_load_one(replicas, operation,
 
 # -- through the product's child process --------------------------------------------------------------
 
-NS = "canvas"
-
 
 @pytest.fixture
 def hook(dap_emulator, database_url, monkeypatch) -> DapHook:
@@ -96,25 +89,6 @@ def hook(dap_emulator, database_url, monkeypatch) -> DapHook:
     )
     monkeypatch.setenv("CD2_DAP_PYTHON", str(DAP_PYTHON))
     return DapHook()
-
-
-def run(hook: DapHook, action: Action, table: str):
-    return hook.run_table_job(TableJob(action=action, namespace=NS, table=table))
-
-
-def table_sync_row(database_url: str, table: str) -> tuple | None:
-    import psycopg2
-
-    with psycopg2.connect(database_url) as conn, conn.cursor() as cur:
-        cur.execute("SELECT to_regclass('instructure_dap.table_sync') IS NOT NULL")
-        if not cur.fetchone()[0]:
-            return None
-        cur.execute(
-            "SELECT timestamp, schema_version FROM instructure_dap.table_sync "
-            "WHERE source_namespace = %s AND source_table = %s",
-            (NS, table),
-        )
-        return cur.fetchone()
 
 
 def table_rows(database_url: str, table: str) -> int | None:

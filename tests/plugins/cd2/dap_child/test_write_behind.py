@@ -13,40 +13,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from cd2.contract import Action, TableJob
+from cd2.contract import Action
 from cd2.hooks.dap import DapHook
 from local_dap.airflow_home import dap_connection, postgres_connection
 from local_dap.control import start_emulator
 from local_dap.truth import replica_truth
 from tests.plugins.cd2.dap_child import driving
+from tests.plugins.cd2.dap_child.driving import MODES, NS, run, run_in_mode, table_sync_row
 from tests.support.paths import DAP_PYTHON
-
-NS = "canvas"
-MODES = {"download_then_load": "0", "streaming": "1"}
-
-
-def run_driver(emulator, database_url: str, operation: str, namespace: str, table: str, mode: str) -> dict:
-    return driving.run_driver(emulator, database_url, operation, namespace, table, CD2_STREAMING=MODES[mode])
-
-
-def run(hook: DapHook, action: Action, table: str):
-    return hook.run_table_job(TableJob(action=action, namespace=NS, table=table))
-
-
-def table_sync_row(database_url: str, table: str) -> tuple | None:
-    import psycopg2
-
-    with psycopg2.connect(database_url) as conn, conn.cursor() as cur:
-        cur.execute("SELECT to_regclass('instructure_dap.table_sync') IS NOT NULL")
-        if not cur.fetchone()[0]:
-            return None
-        cur.execute(
-            "SELECT timestamp, schema_version FROM instructure_dap.table_sync "
-            "WHERE source_namespace = %s AND source_table = %s",
-            (NS, table),
-        )
-        return cur.fetchone()
-
 
 HELD_KEY = 81_212
 # Every INSERT into the synced table (the upsert of a batch) waits for an advisory lock the test holds.
@@ -142,11 +116,11 @@ def test_a_streaming_sync_writes_an_object_in_quarter_batches(postgres_server) -
     executions, batch_rows, truths = {}, {}, {}
     with start_emulator(seed=9, rows=500) as emulator:
         for mode, url in urls.items():
-            run_driver(emulator, url, "init", NS, "accounts", mode)
+            run_in_mode(emulator, url, "init", NS, "accounts", mode)
             driving.count_statements(postgres_server, url, f"{NS}.accounts")
         emulator.advance(changes=changed, tables=[f"{NS}.accounts"], change_mix={"insert": 1})
         for mode, url in urls.items():
-            batch_rows[mode] = run_driver(emulator, url, "sync", NS, "accounts", mode)["sync_batch_rows"]
+            batch_rows[mode] = run_in_mode(emulator, url, "sync", NS, "accounts", mode)["sync_batch_rows"]
             executions[mode] = driving.statement_executions(postgres_server, url)["INSERT"]
             truths[mode] = replica_truth(url, NS, "accounts")
         truth = emulator.truth(NS, "accounts")
