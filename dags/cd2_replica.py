@@ -163,5 +163,6 @@ def replica_dag(instance: Instance, instance_targets: dict[str, str]) -> None:
     cd2_replica()
 
 
+INSTANCE_TARGETS = {instance.name: instance.postgres_conn_id for instance in INSTANCES}
 for _instance in INSTANCES:
-    replica_dag(_instance, {i.name: i.postgres_conn_id for i in INSTANCES})
+    replica_dag(_instance, INSTANCE_TARGETS)

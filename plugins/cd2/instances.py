@@ -60,7 +60,7 @@ class Instance:
 
     @property
     def postgres_conn_id(self) -> str:
-        return self._named(DapHook.default_postgres_conn_name)
+        return postgres_conn_id(self.name)
 
     @property
     def section(self) -> str:
@@ -75,6 +75,12 @@ class Instance:
     def settings(self) -> DagSettings:
         """``[cd2]``'s options, overridden by this instance's section; each validated."""
         return read_settings() if self.is_default else read_settings(self.section, fallback=SECTION)
+
+
+def postgres_conn_id(name: str) -> str:
+    """The target database connection of instance ``name``."""
+    base = DapHook.default_postgres_conn_name
+    return base if name == DEFAULT_INSTANCE else f"{base}_{name}"
 
 
 def instance_names(text: str) -> list[str]:
@@ -99,8 +105,7 @@ def instance_names(text: str) -> list[str]:
 def instances_from(text: str) -> list[Instance]:
     """The instances an ``[cd2] instances`` value names, in its order (the first keeps the API budget)."""
     names = instance_names(text)
-    budget_conn_id = Instance(names[0], "").postgres_conn_id
-    return [Instance(name, budget_conn_id) for name in names]
+    return [Instance(name, postgres_conn_id(names[0])) for name in names]
 
 
 def configured_instances() -> list[Instance]:
