@@ -16,11 +16,13 @@ TOOLS_BIN := $(VENV)/tools/bin
 export CD2_DAP_PYTHON := $(abspath $(DAP_PY))
 export CD2_TOOLS_BIN := $(abspath $(TOOLS_BIN))
 
-# The tests CI also runs on a second PostgreSQL major (test-postgres): DAG level, faults, version warning.
+# The tests CI also runs on a second PostgreSQL major (test-postgres): DAG level, faults, version warning,
+# the fast init's equivalence with the client's loader (its casts are the server's).
 # Not those whose promise is Airflow's side (parsing, scheduling, the UI, assets, several instances) or
 # the other tools' builders (moving in): they touch the target database as the DAG-level runs do.
 POSTGRES_TESTS ?= tests/dags tests/local_dap/emulator/test_faults.py tests/local_dap/test_postgres.py \
-	tests/plugins/cd2/dap_child/test_server_version.py tests/plugins/cd2/dap_child/test_fault_matrix.py
+	tests/plugins/cd2/dap_child/test_server_version.py tests/plugins/cd2/dap_child/test_fault_matrix.py \
+	tests/plugins/cd2/dap_child/test_fast_load.py
 POSTGRES_IGNORES := $(foreach t,integrity operator_view assets_downstream real_scheduler instances adopt,\
 	--ignore=tests/dags/test_$(t).py)
 
@@ -40,8 +42,12 @@ help:
 run: venvs check-postgres
 	$(AIRFLOW_PY) scripts/run_local.py
 
+# Two workers, each taking whole test files (their module fixtures are emulators, servers and Airflow
+# deployments), in collection order (not xdist's most-tests-first), slowest files first (tests/conftest.py).
+TEST_WORKERS ?= 2
+
 test: venvs check-postgres lint
-	$(AIRFLOW_PY) -m pytest
+	$(AIRFLOW_PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 lint: $(VENV)/tools/.installed
 	$(TOOLS_BIN)/ruff check .

@@ -26,7 +26,7 @@ _TS_LOW = int((dt.datetime(2020, 1, 1, tzinfo=UTC) - EPOCH).total_seconds())
 _TS_SPAN = 6 * 365 * 86400
 _WORDS = (
     "alpha", "beta", "gamma", "délta", "ε", "zeta", "課程", "quiz", "tab\there", "line\nbreak",
-    'quote"d', "back\\slash", "comma,", "NULL", "🙂", "O'Brien", "",
+    'quote"d', "back\\slash", "comma,", "NULL", "\\N", "🙂", "O'Brien", "",
 )  # fmt: skip
 Generator = Callable[[int], object]
 POOL_SIZE = 4093  # slots per column; a prime, so a hash modulo it spreads evenly

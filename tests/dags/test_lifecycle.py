@@ -6,7 +6,8 @@ log table). Each step is one ``airflow dags test`` run over all of them, through
 and init tasks: init, sync, a forced re-init, a schema change, a second schema change met by a re-init
 after "watermark too old" (so the previous copy has the old shape), and a last sync. After each step
 every table equals the emulator's truth (a log table: everything ever written, which its re-inits keep),
-and every view on a table or on one of its lookup tables still exists or is named as needing a person.
+every view on a table or on one of its lookup tables still exists or is named as needing a person, and
+a reader's grants on each table, on its key column and on its lookup tables still hold.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ FIRST_CHANGES = (
 )
 SECOND_CHANGES = ("add_lookup_column", "add_column", "drop_column", "change_type")
 VIEWS_SCHEMA = "lifecycle_views"
+READER, COLUMN_READER = "lifecycle_reader", "lifecycle_column_reader"
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +52,7 @@ class Lifecycle:
         self.replica, self.labels = replica, labels
         self.views: dict[str, list[str]] = {}  # table label -> views on it or on its lookup tables
         self.kept_views: set[str] = set()  # views on the key alone: they must survive every step
+        self.grants: list[tuple[str, str | None]] = []  # (table, column or None) readers were granted
 
     def run(self, step: str, conf: dict | None = None) -> dict:
         config = {
@@ -78,11 +81,26 @@ class Lifecycle:
                     exists = cur.fetchone()[0]
                     assert exists or view in named.get(label, ""), (step, label, view)
                     assert exists or view not in self.kept_views, (step, label, view)
+            # Analysts' access survives every re-init: a table's and a column's grants, lookup tables' too.
+            for table, column in self.grants:
+                cur.execute("SELECT to_regclass(%s) IS NOT NULL", (table,))
+                if not cur.fetchone()[0]:
+                    continue  # a lookup table of a dropped column
+                if column is None:
+                    cur.execute("SELECT has_table_privilege(%s, %s, 'SELECT')", (READER, table))
+                else:
+                    cur.execute(
+                        "SELECT has_column_privilege(%s, %s, %s, 'SELECT')", (COLUMN_READER, table, column)
+                    )
+                assert cur.fetchone()[0], (step, table, column)
 
     def create_views(self) -> None:
         """On every table a view of its key, and one on each of its lookup tables."""
         with self.replica.server.connect(self.replica.database) as conn, conn.cursor() as cur:
             cur.execute(f"CREATE SCHEMA {VIEWS_SCHEMA}")
+            for role in (READER, COLUMN_READER):
+                cur.execute(f"DROP ROLE IF EXISTS {role}")  # roles are the server's: a re-run's leftover
+                cur.execute(f"CREATE ROLE {role} NOLOGIN")
             for label in self.labels:
                 namespace, table = label.split(".")
                 cur.execute(
@@ -104,6 +122,11 @@ class Lifecycle:
                     view = f"{VIEWS_SCHEMA}.values_of_{lookup.split('.')[1]}"
                     cur.execute(f"CREATE VIEW {view} AS SELECT value FROM {lookup}")
                     self.views[label].append(view)
+                    cur.execute(f"GRANT SELECT ON {lookup} TO {READER}")
+                    self.grants.append((lookup, None))
+                cur.execute(f"GRANT SELECT ON {label} TO {READER}")
+                cur.execute(f'GRANT SELECT ("{key}") ON {label} TO {COLUMN_READER}')
+                self.grants += [(label, None), (label, key)]
 
     def change_schemas(self, changes: tuple[str, ...], offset: int) -> dict[str, dict]:
         """One schema change per table, rotated; a view on each column a change drops or retypes."""
@@ -126,6 +149,7 @@ class Lifecycle:
         self.views[label].append(view)
 
 
+@pytest.mark.timeout(1800)  # six DAG runs over every shape: 8 minutes alone, more beside another worker
 def test_every_table_shape_lives_through_init_sync_reinit_schema_changes_and_a_reinit_after_too_old(
     airflow_env, shapes, postgres_server, sns, request
 ):

@@ -114,6 +114,10 @@ async def swap_in(conn: asyncpg.Connection, ref: TableRef, stage: Stage, wait_se
             logger.info(
                 "%s: kept %d row(s) of the previous copy that the API no longer serves", ref.label, kept
             )
+        access = await _access(conn, live_tables)
+        # SET LOCAL in a savepoint that is released lasts to the end of the transaction: each try sets it,
+        # and the moves below go back to the session's own, so they wait for another swap as long as it takes.
+        session_lock_timeout = await conn.fetchval("SHOW lock_timeout")
         deadline = time.monotonic() + wait_seconds
         while True:
             try:
@@ -129,6 +133,7 @@ async def swap_in(conn: asyncpg.Connection, ref: TableRef, stage: Stage, wait_se
                 if time.monotonic() >= deadline:
                     raise ReadersHoldTable(await _holders(conn, ref, live_tables, wait_seconds)) from None
                 await asyncio.sleep(SWAP_PAUSE_SECONDS)
+        await conn.execute("SELECT set_config('lock_timeout', $1, true)", session_lock_timeout)
         for type_name in types:
             await conn.execute(
                 f"ALTER TYPE {qualified(stage.data, type_name)} SET SCHEMA {quote_ident(ref.namespace)}"
@@ -137,11 +142,75 @@ async def swap_in(conn: asyncpg.Connection, ref: TableRef, stage: Stage, wait_se
             await conn.execute(
                 f"ALTER TABLE {qualified(stage.data, table)} SET SCHEMA {quote_ident(ref.namespace)}"
             )
+        await _restore_access(conn, ref, access)
         await _write_table_sync(conn, row)
         await views.restore(conn, ref)
         await drop_stage(conn, stage)
     logger.info("%s: the new copy replaced the previous one (%d view(s) kept)", ref.label, len(saved))
     return kept
+
+
+# Who may read the live tables, table- and column-wise, and who owns them: carried over to the new copy,
+# which the child's role created and owns (ALTER DEFAULT PRIVILEGES already applied to it on creation).
+_ACCESS = """
+SELECT c.relname, NULL::name AS column_name, pg_get_userbyid(c.relowner) AS owner,
+       CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END AS grantee,
+       a.privilege_type, a.is_grantable
+FROM pg_class c LEFT JOIN LATERAL aclexplode(c.relacl) a ON a.grantee <> c.relowner
+WHERE c.oid = ANY($1::regclass[])
+UNION ALL
+SELECT c.relname, att.attname, pg_get_userbyid(c.relowner),
+       CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END,
+       a.privilege_type, a.is_grantable
+FROM pg_class c JOIN pg_attribute att ON att.attrelid = c.oid AND att.attnum > 0 AND NOT att.attisdropped
+CROSS JOIN LATERAL aclexplode(att.attacl) a
+WHERE c.oid = ANY($1::regclass[]) AND a.grantee <> c.relowner
+"""
+
+
+async def _access(conn: asyncpg.Connection, tables: list[str]) -> list[asyncpg.Record]:
+    return await conn.fetch(_ACCESS, tables) if tables else []
+
+
+async def _restore_access(conn: asyncpg.Connection, ref: TableRef, access: list[asyncpg.Record]) -> None:
+    """Give the new copy's tables of the live tables' names the live ones' grants (a column's only where
+    the new copy still has the column) and owner: analysts keep their access across a re-init."""
+    granted, owners = 0, {}
+    for row in access:
+        table = qualified(ref.namespace, row["relname"])
+        if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", table):
+            continue  # a lookup table the new copy no longer has
+        owners[table] = row["owner"]
+        privilege = row["privilege_type"]
+        if privilege is None:
+            continue
+        if row["column_name"] is not None:
+            if not await conn.fetchval(_HAS_COLUMN, table, row["column_name"]):
+                continue
+            privilege = f"{privilege} ({quote_ident(row['column_name'])})"
+        option = " WITH GRANT OPTION" if row["is_grantable"] else ""
+        await conn.execute(f"GRANT {privilege} ON {table} TO {row['grantee']}{option}")
+        granted += 1
+    for table, owner in owners.items():
+        if owner == await conn.fetchval(
+            "SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = $1::regclass", table
+        ):
+            continue
+        try:
+            async with conn.transaction():
+                await conn.execute(f"ALTER TABLE {table} OWNER TO {quote_ident(owner)}")
+        except asyncpg.InsufficientPrivilegeError as error:
+            logger.warning(
+                "%s: %s stays owned by the replicating role, not %s: %s", ref.label, table, owner, error
+            )
+    if granted:
+        logger.info("%s: the new copy has the previous one's %d grant(s)", ref.label, granted)
+
+
+_HAS_COLUMN = (
+    "SELECT EXISTS (SELECT FROM pg_attribute WHERE attrelid = $1::regclass AND attname = $2 AND attnum > 0 "
+    "AND NOT attisdropped)"
+)
 
 
 _HOLDERS = """

@@ -26,7 +26,7 @@ from enum import StrEnum
 from importlib import metadata
 from typing import Any
 
-from cd2.dap_child import accelerated_reader, api_budget, bulk_upsert, write_behind
+from cd2.dap_child import accelerated_reader, api_budget, bulk_upsert, fast_load, write_behind
 from cd2.dap_child.errors import DapEnvironmentError, PatchUnavailable
 from cd2.dap_child.patches import client_bodies
 
@@ -166,6 +166,20 @@ def _install_streaming() -> None:
     sql_op_sync.INSERT_BATCH_SIZE = write_behind.SYNC_BATCH_ROWS
 
 
+def _install_fast_init() -> None:
+    from dap.replicator import sql_op_init
+
+    stock = sql_op_init.SqlOpInit.init_insert_data_from_files_to_db
+    sql_op_init.SqlOpInit.init_insert_data_from_files_to_db = fast_load.init_loader(stock)
+
+
+def _install_fast_sync() -> None:
+    from dap.replicator import sql_op_sync
+
+    stock = sql_op_sync.SqlOpSync.sync_insert_data_from_files_to_db
+    sql_op_sync.SqlOpSync.sync_insert_data_from_files_to_db = staticmethod(fast_load.sync_loader(stock))
+
+
 def _install_download_check() -> None:
     from dap.api import DAPSession
 
@@ -214,6 +228,17 @@ LOADERS = {
     f"{SQL_OP_SYNC}.SqlOpSync.sync_insert_data_from_files_to_db": "61b332cdbccc972a",
 }
 
+# What the fast loads' SQL must equal: which columns the client stores as lookup ids, which values it
+# re-encodes, how it merges lookup values and copies rows, the TSV escapes (PostgreSQL's text format).
+FAST_LOAD_CONVERSIONS = {
+    "pysqlsync.base.BaseContext._get_transformer": "08446fedaf3d58d5",
+    "pysqlsync.base.BaseGenerator.get_value_transformer": "00fff113310c31f7",
+    "pysqlsync.base.BaseEnumTransformer._merge_lookup_table": "b60477a3a1733bdf",
+    "pysqlsync.dialect.postgresql.generator.PostgreSQLGenerator.get_table_merge_stmt": "c647dac868ab89a3",
+    "pysqlsync.dialect.postgresql.connection.PostgreSQLContext._insert_rows": "7e284cb4cffd3016",
+    "tsv.helper.escape": "b6b96d4e567efa37",
+}
+
 REGISTRY: tuple[Patch, ...] = (
     Patch(
         "accelerated_reader",
@@ -250,6 +275,36 @@ REGISTRY: tuple[Patch, ...] = (
         },
         _install_streaming,
         switch="CD2_STREAMING",
+    ),
+    Patch(
+        "fast_init",  # after accelerated_reader: a table it does not take loads through the faster stock
+        Kind.SPEED,
+        {
+            f"{SQL_OP_INIT}.SqlOpInit.init_insert_data_from_files_to_db": LOADERS[
+                f"{SQL_OP_INIT}.SqlOpInit.init_insert_data_from_files_to_db"
+            ],
+            f"{SQL_OP_INIT}.SqlOpInit._get_init_tabular_mapping": "0945e0414127b4a8",
+            **FAST_LOAD_CONVERSIONS,
+        },
+        _install_fast_init,
+        switch="CD2_FAST_INIT",
+    ),
+    Patch(
+        "fast_sync",  # after bulk_upsert and streaming: a table it does not take loads through theirs
+        Kind.SPEED,
+        {
+            f"{SQL_OP_SYNC}.SqlOpSync.sync_insert_data_from_files_to_db": LOADERS[
+                f"{SQL_OP_SYNC}.SqlOpSync.sync_insert_data_from_files_to_db"
+            ],
+            f"{SQL_OP_SYNC}.SqlOpSync._get_sync_tabular_mapping": "3b300c2fd634ea66",
+            f"{SQL_OP_SYNC}.META_ACTION_NAME": "2a55a2d5de8f96f7",
+            # per batch: the U rows upserted, then the D rows' keys deleted
+            f"{SQL_OP_SYNC}.SqlOpSync.upsert_rows": "11e88f17ba08ef57",
+            "pysqlsync.dialect.postgresql.generator.PostgreSQLGenerator.get_table_upsert_stmt": "05b34efe94177843",
+            **FAST_LOAD_CONVERSIONS,
+        },
+        _install_fast_sync,
+        switch="CD2_FAST_SYNC",
     ),
     Patch(
         "download_check",  # truncated downloads and a full TMPDIR caught before a row loads

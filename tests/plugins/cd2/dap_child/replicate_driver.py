@@ -17,7 +17,9 @@ reading the downloaded files into the database: the part the accelerator speeds 
 (the process's peak resident set size). With ``CD2_STREAMING`` set (``1`` or ``0``), it also applies the
 ``download_check`` and ``streaming`` patches as the child does and reports which are active as
 ``streaming`` (``{"download": ..., "streaming": ...}``); unset, the client's own download path runs
-unpatched. The timings wrap the client's own methods without changing them.
+unpatched. With ``CD2_FAST_INIT`` or ``CD2_FAST_SYNC`` set, it applies the ``fast_init`` or ``fast_sync`` patch too
+(reported in ``fast_load``, with the tables that loaded through the client's loader instead and why).
+The timings wrap the client's own methods without changing them.
 With ``CD2_DRIVER_KEEP_FILES=DIR``, the downloaded TSV files are also copied to DIR (for a raw COPY of
 the very same bytes in the benchmark), outside the download and load timings.
 """
@@ -38,6 +40,7 @@ from pathlib import Path
 
 PLUGINS_DIR = Path(__file__).resolve().parents[4] / "plugins"
 RESULT_PREFIX = "DRIVER_RESULT "
+FAST_LOADS = {"fast_init": "CD2_FAST_INIT", "fast_sync": "CD2_FAST_SYNC"}
 
 
 def time_calls(owner: type, name: str, seconds: dict[str, float], label: str) -> None:
@@ -97,10 +100,12 @@ def main(argv: list[str]) -> None:
         raise SystemExit(f"operation must be init or sync, not {operation!r}")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     sys.path.insert(0, str(PLUGINS_DIR))
-    from cd2.dap_child import patches
+    from cd2.dap_child import fast_load, patches
 
     streams = "CD2_STREAMING" in os.environ  # else the client's own download-then-load path, unpatched
     names = ["accelerated_reader", "bulk_upsert"] + (["download_check", "streaming"] if streams else [])
+    # each unset: the client's own loader (the accelerated reader's)
+    names += [name for name, switch in FAST_LOADS.items() if switch in os.environ]
     active = patches.apply(patches.named(*names))
     accelerated = "accelerated_reader" in active
     bulk = "bulk_upsert" in active
@@ -123,6 +128,9 @@ def main(argv: list[str]) -> None:
     result = {
         "accelerated": accelerated,
         "bulk_upsert": bulk,
+        "fast_load": {name: name in active for name in FAST_LOADS},
+        "fast_load_refused": {label: str(why) for label, why in fast_load.refused.items()},
+        "fast_load_modes": {label: sorted(found) for label, found in fast_load.modes.items()},
         "streaming": streaming,
         "reader": ",".join(sorted(readers)),
         "sync_batch_rows": sql_op_sync.INSERT_BATCH_SIZE,

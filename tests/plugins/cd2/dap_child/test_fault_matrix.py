@@ -404,14 +404,22 @@ def test_a_reader_idle_for_longer_than_the_lock_wait_fails_the_swap_naming_it(
     assert in_step(emulator, database_url, "accounts")
 
 
-def test_postgres_restarted_during_an_init_copy_is_transient(
-    hook, emulator, db, database_url, restartable, capfd
+# Each loader's write: the fast path's INSERT from its stage, the client's COPY or upsert.
+FAST_PATH_ON_AND_OFF = pytest.mark.parametrize("fast", ["1", "0"], ids=["fast path", "client's loader"])
+
+
+@FAST_PATH_ON_AND_OFF
+def test_postgres_restarted_during_an_init_write_is_transient(
+    hook, emulator, db, database_url, restartable, capfd, monkeypatch, fast
 ):
+    monkeypatch.setenv("CD2_FAST_INIT", fast)
     query(db, HOLDS)
     query(db, "CREATE EVENT TRIGGER hold_new_users ON ddl_command_end WHEN TAG IN ('CREATE TABLE') "
               "EXECUTE FUNCTION hold_new_users_tables()")  # fmt: skip
     with in_background(lambda: run(hook, Action.INIT, "users")) as outcome:
-        restart_when_held(restartable, db, "COPY%users%")
+        restart_when_held(
+            restartable, db, "COPY%users%"
+        )  # users' columns go straight in on the fast path too
     error = outcome["error"]
     assert isinstance(error, DapTransientError), error
     assert error.error.category == "transient" and error.error.type in GONE, error.error
@@ -422,9 +430,11 @@ def test_postgres_restarted_during_an_init_copy_is_transient(
     assert in_step(emulator, database_url, "users") and not stages(db)
 
 
+@FAST_PATH_ON_AND_OFF
 def test_postgres_restarted_during_a_sync_upsert_is_transient(
-    hook, emulator, db, database_url, restartable, capfd
+    hook, emulator, db, database_url, restartable, capfd, monkeypatch, fast
 ):
+    monkeypatch.setenv("CD2_FAST_SYNC", fast)
     run(hook, Action.INIT, "users")
     before = copy_state(db, database_url, "users")
     emulator.advance(changes=50)
@@ -618,6 +628,7 @@ def test_drops_never_reach_other_tables(hook, emulator, db, database_url):
 # Holds every swap's first move (``ALTER ... SET SCHEMA``) inside its transaction until the test's session
 # lets go of advisory lock SWAP_GATE: a swap then sits with its earlier statements uncommitted.
 SWAP_GATE = 0x47415445
+SWAP_TRY_SECONDS = 2  # cd2.dap_child.staging.SWAP_TRY_LOCK_TIMEOUT_MS (the DAP venv's module)
 GATE_SWAPS = f"""
 CREATE FUNCTION gate_swaps() RETURNS event_trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -659,6 +670,9 @@ def test_two_swaps_into_one_schema_at_once_both_succeed(hook, emulator, db, data
                 with in_background(partial(run, hook, Action.INIT, tables[1], reinit=reinit)) as second:
                     try:
                         wait_for(lambda: swaps_waiting(db) == 2, what="the second swap waiting")
+                        # Held longer than a swap's try for the live tables' locks: the moves wait on.
+                        time.sleep(SWAP_TRY_SECONDS + 1)
+                        assert swaps_waiting(db) == 2
                     finally:
                         open_gate(db)
             finally:

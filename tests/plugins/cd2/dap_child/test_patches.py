@@ -35,6 +35,8 @@ ALL_PATCHES = [
     "accelerated_reader",
     "bulk_upsert",
     "streaming",
+    "fast_init",
+    "fast_sync",
     "download_check",
     "api_budget",
     "ddl_guard",
@@ -114,7 +116,13 @@ def test_every_patch_fits_the_installed_client() -> None:
         f"re-verify these patches on {got['client']} (docs/design.md, Patch registry): {misfits}"
     )
     switches = {patch["switch"] for patch in got["patches"]} - {None}
-    assert switches == {"CD2_ACCELERATED_READER", "CD2_BULK_UPSERT", "CD2_STREAMING"}
+    assert switches == {
+        "CD2_ACCELERATED_READER",
+        "CD2_BULK_UPSERT",
+        "CD2_STREAMING",
+        "CD2_FAST_INIT",
+        "CD2_FAST_SYNC",
+    }
     assert switches <= set(PASSED_THROUGH), "the hook passes every switch to the child"
     kinds = {patch["name"]: patch["kind"] for patch in got["patches"]}
     assert [name for name, kind in kinds.items() if kind == "safety"] == ["download_check", "staging"]
@@ -193,7 +201,13 @@ def connections(dap_emulator, database_url, monkeypatch) -> None:
         "AIRFLOW_CONN_CD2_POSTGRES", json.dumps(postgres_connection(database_url + "?sslmode=disable"))
     )
     monkeypatch.setenv("CD2_DAP_PYTHON", str(DAP_PYTHON))
-    for switch in ("CD2_ACCELERATED_READER", "CD2_BULK_UPSERT", "CD2_STREAMING"):
+    for switch in (
+        "CD2_ACCELERATED_READER",
+        "CD2_BULK_UPSERT",
+        "CD2_STREAMING",
+        "CD2_FAST_INIT",
+        "CD2_FAST_SYNC",
+    ):
         monkeypatch.delenv(switch, raising=False)
 
 
@@ -233,12 +247,13 @@ def test_a_switch_that_is_neither_on_nor_off_refuses_the_task_naming_it(
 
 
 def test_a_speed_patch_whose_client_code_moved_is_left_off_and_the_clients_own_path_runs(
-    connections, dap_emulator, postgres_server, database_url, tmp_path, capfd
+    connections, dap_emulator, postgres_server, database_url, tmp_path, capfd, monkeypatch
 ) -> None:
     hook = MovedClientHook(
         moved_client(tmp_path, "pysqlsync", "base.py", "BaseContext._upsert_rows", opening("pass"))
     )
-    expected = [name for name in ALL_PATCHES if name != "bulk_upsert"]
+    monkeypatch.setenv("CD2_FAST_SYNC", "0")  # the sync loader that bulk_upsert's batches go through
+    expected = [name for name in ALL_PATCHES if name not in ("bulk_upsert", "fast_sync")]
     assert run(hook, Action.INIT, "users").patches == expected
     count_statements(postgres_server, database_url, f"{NS}.users")
     changes = dap_emulator.advance(changes=40, tables=[f"{NS}.users"])["changes"][f"{NS}.users"]

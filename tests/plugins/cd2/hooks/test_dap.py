@@ -8,8 +8,8 @@ import signal
 import subprocess
 import threading
 import time
-from pathlib import Path
 
+import psutil
 import pytest
 
 from cd2.contract import Action, TableJob, TableResult
@@ -123,17 +123,58 @@ def test_errors_are_sorted_into_permanent_and_transient(hook, dap_emulator):
         hook.list_tables(["canvas"])
 
 
-def child_command_lines() -> list[str]:
-    """Command lines of this checkout's DAP children (other checkouts on the machine run their own)."""
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+def dap_children() -> dict[int, psutil.Process]:
+    """This process's running DAP children by pid (other tests on the machine, such as a parallel
+    worker's, run their own)."""
+    found = {}
+    for child in psutil.Process().children(recursive=True):
         try:
-            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
+            if "cd2.dap_child" in " ".join(child.cmdline()):
+                found[child.pid] = child
+        except psutil.Error:
             continue
-        if "cd2.dap_child" in text and text.startswith(str(DAP_PYTHON)):
-            found.append(text)
     return found
+
+
+def running(process: psutil.Process) -> bool:
+    """Whether ``process`` (the same one: psutil checks its start time) still runs, a zombie not counted."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+class ChildWatch:
+    """Every DAP child this process starts while the watch runs; :meth:`alive` those still running
+    (reparented orphans included: a pid is checked by itself, not as our descendant)."""
+
+    def __init__(self) -> None:
+        self.seen: dict[int, psutil.Process] = {}
+        self.command_lines: dict[int, str] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            for pid, process in dap_children().items():
+                if pid not in self.seen:
+                    try:
+                        self.command_lines[pid] = " ".join(process.cmdline())
+                    except psutil.Error:
+                        continue
+                    self.seen[pid] = process
+            time.sleep(0.05)
+
+    def __enter__(self) -> ChildWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def alive(self) -> list[str]:
+        return [self.command_lines[pid] for pid, process in self.seen.items() if running(process)]
 
 
 def test_a_locked_table_waits_then_is_busy_naming_the_holder_and_argv_has_no_secret(
@@ -144,19 +185,9 @@ def test_a_locked_table_waits_then_is_busy_naming_the_holder_and_argv_has_no_sec
         with holder.cursor() as cur:
             cur.execute("SET application_name = 'cd2_replica manual__holding_run'")
             cur.execute("SELECT pg_advisory_lock(1128542804, hashtext('canvas.accounts'))")
-        seen: list[str] = []
-
-        def watch() -> None:
-            deadline = time.monotonic() + 10
-            while not seen and time.monotonic() < deadline:
-                seen.extend(child_command_lines())
-                time.sleep(0.05)
-
-        watcher = threading.Thread(target=watch)
         started = time.monotonic()
-        watcher.start()
-        result = sync(hook, "accounts", lock_wait_seconds=2)
-        watcher.join()
+        with ChildWatch() as watch:
+            result = sync(hook, "accounts", lock_wait_seconds=2)
         assert result.outcome == "busy" and result.error is None
         assert "worked on by cd2_replica manual__holding_run since 20" in result.reason
         assert 2 <= time.monotonic() - started < 30
@@ -171,6 +202,7 @@ def test_a_locked_table_waits_then_is_busy_naming_the_holder_and_argv_has_no_sec
         assert [r["endpoint"] for r in dap_emulator.requests() if r["endpoint"] != "login"] == ["schema"]
     finally:
         holder.close()
+    seen = list(watch.command_lines.values())
     assert seen, "the child process was not seen running"
     task_log = "".join(capfd.readouterr())
     assert "[dap]" in task_log, "the child's relayed log was captured"
@@ -187,9 +219,9 @@ def test_the_child_dies_with_a_killed_or_timed_out_task(hook, postgres_server, d
             cur.execute("SELECT pg_advisory_lock(1128542804, hashtext('canvas.accounts'))")
         # on_kill, from another thread as Airflow's task runner does
         threading.Timer(2, hook.kill_child).start()
-        with pytest.raises(DapTransientError, match="stopped by signal 15"):
+        with ChildWatch() as killed, pytest.raises(DapTransientError, match="stopped by signal 15"):
             sync(hook, "accounts", lock_wait_seconds=60)
-        assert not child_command_lines()
+        assert killed.seen and not killed.alive()
 
         # execution_timeout: Airflow raises in the task's main thread from a signal handler
         def time_out(signum, frame):
@@ -198,11 +230,11 @@ def test_the_child_dies_with_a_killed_or_timed_out_task(hook, postgres_server, d
         previous = signal.signal(signal.SIGALRM, time_out)
         signal.alarm(2)
         try:
-            with pytest.raises(TimeoutError):
+            with ChildWatch() as timed_out, pytest.raises(TimeoutError):
                 sync(hook, "accounts", lock_wait_seconds=60)
         finally:
             signal.signal(signal.SIGALRM, previous)
-        assert not child_command_lines()
+        assert timed_out.seen and not timed_out.alive()
     finally:
         holder.close()
 
@@ -238,11 +270,16 @@ def test_the_child_stops_and_frees_the_table_when_the_task_process_is_sigkilled(
         while table_lock_is_free(observer):  # the child holds the lock while it polls its slow job
             assert time.monotonic() < deadline and task.poll() is None, "the child never took the lock"
             time.sleep(0.2)
-        assert child_command_lines()
+        orphans = [
+            c
+            for c in psutil.Process(task.pid).children(recursive=True)
+            if "cd2.dap_child" in " ".join(c.cmdline())
+        ]
+        assert orphans, "the task process has no DAP child"
         task.kill()
         task.wait()
         deadline = time.monotonic() + 20
-        while child_command_lines() or not table_lock_is_free(observer):
+        while any(running(child) for child in orphans) or not table_lock_is_free(observer):
             assert time.monotonic() < deadline, "the orphaned child went on holding the table"
             time.sleep(0.2)
     finally:

@@ -1,0 +1,496 @@
+"""Load at the database's speed: the child forwards each object's TSV bytes, PostgreSQL converts them.
+
+What it replaces (the ``fast_init`` and ``fast_sync`` patches, :mod:`cd2.dap_child.patches`): the loaders
+``SqlOpInit.init_insert_data_from_files_to_db`` and ``SqlOpSync.sync_insert_data_from_files_to_db`` of
+instructure-dap-client 2.3.1, which parse every TSV line into Python values and have asyncpg encode them
+again (a binary COPY on init; a COPY into a temporary table and a merge per batch on sync, with
+``bulk_upsert``), so a big load is bound by the worker's CPU, not the database's.
+
+Instead, each downloaded (gunzipped) file goes to PostgreSQL as bytes. A plain insert whose columns need
+only their types' text input goes by one ``COPY`` straight into the table, each line less its first
+field (``meta.ts``, which the table has no column for: :attr:`LoadPlan.direct`). Any other file, in
+batches of about :data:`BATCH_BYTES` of whole lines, a transaction each:
+
+1. ``COPY`` the bytes after the header, as they are, into a temporary table of text columns, one per
+   header label: the client's TSV escapes (``\\t \\n \\r \\b \\f \\v \\0 \\\\``, ``\\N`` for NULL) are
+   PostgreSQL's text format, so the database reads the values the client's parser would;
+2. each lookup column's ("enum or free text") values into its lookup table, as the client's merge does
+   (``INSERT ... ON CONFLICT DO NOTHING`` of the distinct values);
+3. ``INSERT INTO`` the table ``SELECT`` each column cast to the client's column type by its input
+   function (the column's length or precision then applies as on the client's COPY), JSON arrays
+   unnested into PostgreSQL arrays, lookup values joined to their ids. Where the client upserts (a
+   sync's ``U`` rows, the init of a log table), the last row of a key wins, ``ON CONFLICT DO UPDATE``;
+   a sync then deletes its ``D`` rows' keys, as the client does per batch.
+
+The client still creates the table, its types and lookup tables (``explorer.synchronize``) and writes
+``table_sync``; streaming, the staged swap, the download check, the disk guard and the API budget are
+untouched: this only loads the files the stream hands over. The row count goes to the client's own log
+line ("Inserted/Upserted N records into table"), which the ``row_counts`` patch reads.
+
+A column the fast path would not store as the client does sends the whole table through the client's
+own loader, with one log line naming the column and why (:func:`plan`): a ``json`` (not ``jsonb``) or
+text column fed JSON (the client stores Python's re-encoding of it), a list of lookup values, a type the
+fast path has not been shown equal on (``time``, ``interval``, ``bytea``, ...).
+
+``CD2_FAST_INIT=0`` / ``CD2_FAST_SYNC=0`` load with the client's loaders. How to remove it: when the client
+loads without parsing every row in Python, compare it (tests/plugins/cd2/dap_child/test_fast_load.py)
+and delete this module and its two registry entries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import asyncpg
+
+from cd2.dap_child.quoting import quote_ident
+
+logger = logging.getLogger(__name__)
+
+READ_BYTES = 4 * 1024 * 1024
+BATCH_BYTES = 32 * 1024 * 1024
+# The session's temporary buffers, so that a staged batch stays in memory (the default is 8MB).
+TEMP_BUFFERS_MB = 128
+STAGE_TABLE = "cd2_fast_init"
+STAGE = f"pg_temp.{STAGE_TABLE}"
+
+# Scalar types whose text input gives what the client's parse and binary COPY store (format_type names):
+# those test_fast_load.py meets in the tables it compares (it fails on one it does not meet).
+SCALARS = frozenset(
+    {
+        "text",
+        "character varying",
+        "boolean",
+        "smallint",
+        "integer",
+        "bigint",
+        "real",
+        "double precision",
+        "numeric",
+        "date",
+        "timestamp without time zone",
+        "uuid",
+        "inet",
+    }
+)
+JSON_FIELD_TYPES = (dict, list, set)
+
+_CATALOG = """
+SELECT a.attname, format_type(a.atttypid, NULL) AS type_name, t.typtype::text, t.typcategory::text,
+       format_type(et.oid, NULL) AS element_name, et.typtype::text AS element_typtype
+FROM pg_attribute a
+JOIN pg_type t ON t.oid = a.atttypid
+LEFT JOIN pg_type et ON et.oid = t.typelem AND t.typcategory = 'A'
+WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped
+"""
+
+
+class Unsupported(Exception):
+    """A column the fast path does not load as the client does: ``column`` and ``why``."""
+
+    def __init__(self, column: str, why: str) -> None:
+        super().__init__(f"column {column}: {why}")
+        self.column, self.why = column, why
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """A lookup table ("enum or free text"): its qualified name, id column and value column."""
+
+    table: str
+    key: str
+    value: str
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where one staged column goes: the table's column (``name``; ``column`` quoted) and the SQL reading it
+    from staged text ``s.cN``; ``direct`` when that is the column type's text input alone, which a
+    ``COPY`` into the table applies itself."""
+
+    name: str
+    expression: str
+    lookup: Lookup | None = None
+    direct: bool = False
+
+    @property
+    def column(self) -> str:
+        return quote_ident(self.name)
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """How one header's files load into ``table``: a target per loaded label (meta labels have none).
+    With ``keys``, rows are upserted on them, the last row of a key winning as the client's upsert of the
+    rows in file order leaves it; with ``action`` (a sync: the staged column of ``meta.action``), only
+    ``U`` rows are upserted, then the ``D`` rows' keys deleted."""
+
+    table: tuple[str, str]
+    labels: tuple[str, ...]
+    targets: dict[int, Target]
+    keys: tuple[str, ...] = ()
+    action: int | None = None
+
+    @property
+    def qualified(self) -> str:
+        return ".".join(quote_ident(part) for part in self.table)
+
+    @property
+    def direct(self) -> bool:
+        """Whether the file's lines, less their first field (``meta.ts``), can go by ``COPY`` straight into
+        the table: a plain insert of columns that need only their type's text input."""
+        return (
+            not self.keys
+            and self.action is None
+            and set(self.targets) == set(range(1, len(self.labels)))
+            and all(t.direct for t in self.targets.values())
+        )
+
+    @property
+    def staged_columns(self) -> list[str]:
+        return [f"c{index}" for index in range(len(self.labels))]
+
+    def stage_statement(self) -> str:
+        columns = ", ".join(f"{c} text" for c in self.staged_columns)
+        return (
+            f"DROP TABLE IF EXISTS {STAGE}; CREATE TEMPORARY TABLE {STAGE_TABLE} ({columns}) ON COMMIT DROP"
+        )
+
+    def _rows(self, action: str) -> str:
+        return "" if self.action is None else f" WHERE s.c{self.action} = '{action}'"
+
+    def statements(self) -> list[str]:
+        """What loads the staged batch, in order."""
+        lookups = [
+            f"INSERT INTO {t.lookup.table} ({t.lookup.value}) SELECT DISTINCT s.c{index} FROM {STAGE} s "
+            f"WHERE s.c{index} IS NOT NULL ON CONFLICT DO NOTHING"
+            for index, t in self.targets.items()
+            if t.lookup
+        ]
+        columns = ", ".join(t.column for t in self.targets.values())
+        values = ", ".join(t.expression for t in self.targets.values())
+        source = f"{STAGE} s" + "".join(
+            f" LEFT JOIN {t.lookup.table} l{index} ON l{index}.{t.lookup.value} = s.c{index}"
+            for index, t in self.targets.items()
+            if t.lookup
+        )
+        if not self.keys:
+            return [*lookups, f"INSERT INTO {self.qualified} ({columns}) SELECT {values} FROM {source}"]
+        key_values = [t.expression for t in self.targets.values() if t.column in self.keys]
+        updates = [
+            f"{t.column} = EXCLUDED.{t.column}" for t in self.targets.values() if t.column not in self.keys
+        ]
+        conflict = f"DO UPDATE SET {', '.join(updates)}" if updates else "DO NOTHING"
+        upsert = (
+            f"INSERT INTO {self.qualified} ({columns}) SELECT DISTINCT ON ({', '.join(key_values)}) {values} "
+            f"FROM {source}{self._rows('U')} ORDER BY {', '.join(key_values)}, s.ctid DESC "
+            f"ON CONFLICT ({', '.join(self.keys)}) {conflict}"
+        )
+        if self.action is None:
+            return [*lookups, upsert]
+        (key,), (key_value,) = self.keys, key_values
+        delete = (
+            f"DELETE FROM {self.qualified} t USING (SELECT DISTINCT {key_value} AS k FROM {STAGE} s{self._rows('D')}) d "
+            f"WHERE t.{key} = d.k"
+        )
+        return [*lookups, upsert, delete]
+
+
+def conversion(source: str, column: dict[str, Any], field_type: type) -> str:
+    """The SQL converting staged text ``source`` to the column's value as the client stores it."""
+    name, type_name = column["attname"], column["type_name"]
+    if column["typcategory"] == "A":
+        element, element_typtype = column["element_name"], column["element_typtype"]
+        if field_type not in (list, set):
+            raise Unsupported(name, f"an array ({type_name}) fed {field_type.__name__}, not a JSON array")
+        if element not in SCALARS and element_typtype != "e":
+            raise Unsupported(name, f"an array of {element}, not shown equal to the client's")
+        unnested = f"ARRAY(SELECT jsonb_array_elements_text({source}::jsonb))::{element}[]"
+        return f"CASE WHEN {source} IS NULL THEN NULL ELSE {unnested} END"
+    if type_name == "jsonb":
+        return f"{source}::jsonb"
+    if field_type in JSON_FIELD_TYPES:
+        raise Unsupported(name, f"{type_name} fed JSON: the client stores Python's re-encoding of it")
+    if column["typtype"] == "e" or type_name in SCALARS:
+        return source if type_name == "text" else f"{source}::{type_name}"
+    raise Unsupported(name, f"{type_name}, not shown equal to the client's")
+
+
+async def plan(
+    context: Any,
+    table: Any,
+    labels: tuple[str, ...],
+    mapping: Any,
+    upsert: bool = False,
+    action_field: str | None = None,
+) -> LoadPlan:
+    """The :class:`LoadPlan` of ``table`` (the client's pysqlsync table) for a file headed ``labels``, read
+    by the client's ``mapping`` (labels to fields and types); ``upsert``: the client upserts on the primary
+    key; ``action_field``: a sync's field of ``meta.action``. Raises :class:`Unsupported` naming the first
+    column the fast path would not store as the client does."""
+    rows = await context.native_connection.fetch(_CATALOG, str(table.name))
+    catalog = {row["attname"]: dict(row) for row in rows}
+    generator = context.connection.generator
+    targets: dict[int, Target] = {}
+    action = None
+    for index, label in enumerate(labels):
+        field = mapping.labels_to_fields.get(label)
+        if field is None:
+            raise Unsupported(label, "a label the client does not map to a column")
+        if not field:
+            continue  # meta.ts: read by the client, stored nowhere
+        if field == action_field:
+            action = index
+            continue
+        column = table.columns.get(field)
+        if column is None or column.name.local_id not in catalog:
+            raise Unsupported(field, "not a column of the table")
+        field_type = mapping.labels_to_types[label]
+        if table.is_relation(column):
+            relation = generator.state.get_referenced_table(table.name, column.name)
+            if relation.is_lookup_table():
+                if field_type is not str:
+                    raise Unsupported(field, "a list of lookup values (ids in an array)")
+                lookup = Lookup(
+                    str(relation.name),
+                    str(relation.get_primary_column().name),
+                    str(relation.get_value_columns()[0].name),
+                )
+                targets[index] = Target(column.name.local_id, f"l{index}.{lookup.key}", lookup)
+                continue
+        source = f"s.c{index}"
+        expression = conversion(source, catalog[column.name.local_id], field_type)
+        targets[index] = Target(column.name.local_id, expression, direct=expression.split("::")[0] == source)
+    if action_field is not None and action is None:
+        raise Unsupported(action_field, "a sync file without meta.action")
+    keys = tuple(quote_ident(key.local_id) for key in table.primary_key) if upsert else ()
+    keyed = [t for t in targets.values() if t.column in keys]
+    if len(keyed) != len(keys) or any(t.lookup for t in keyed):
+        raise Unsupported(", ".join(keys), "a primary key the files do not hold as plain values")
+    if action is not None and len(keys) != 1:
+        raise Unsupported(", ".join(keys), "a sync's deletes keyed on more than one column")
+    return LoadPlan((table.name.scope_id, table.name.local_id), labels, targets, keys, action)
+
+
+class LineBatches:
+    """A binary stream (read past its header) in batches of whole lines, about ``batch_bytes`` each; each
+    :meth:`batch` is an async iterator of chunks, so at most one read's bytes are held at a time."""
+
+    def __init__(
+        self, stream: BinaryIO, batch_bytes: int = BATCH_BYTES, read_bytes: int = READ_BYTES
+    ) -> None:
+        self.stream, self.batch_bytes, self.read_bytes = stream, batch_bytes, read_bytes
+        self.carry = b""
+        self.done = False
+
+    async def batch(self) -> AsyncIterator[bytes]:
+        sent = 0
+        while True:
+            data = await asyncio.to_thread(self.stream.read, self.read_bytes)
+            if not data:
+                self.done = True
+                if self.carry:
+                    yield self.carry
+                    self.carry = b""
+                return
+            chunk, self.carry = self.carry + data, b""
+            sent += len(chunk)
+            cut = chunk.rfind(b"\n") + 1 if sent >= self.batch_bytes else 0
+            if cut:
+                self.carry = chunk[cut:]
+                yield chunk[:cut]
+                return
+            yield chunk
+
+
+def without_first_field(lines: bytes) -> bytes:
+    """Whole TSV ``lines`` (the last may lack its newline), each without its first field and tab."""
+    return b"\n".join([line.partition(b"\t")[2] for line in lines.split(b"\n")])  # the fastest measured
+
+
+async def lines_without_first_field(stream: BinaryIO, read_bytes: int = READ_BYTES) -> AsyncIterator[bytes]:
+    """``stream``'s lines without their first field, in chunks of whole lines."""
+    carry = b""
+    while True:
+        data = await asyncio.to_thread(stream.read, read_bytes)
+        if not data:
+            if carry:
+                yield without_first_field(carry)
+            return
+        chunk = carry + data
+        cut = chunk.rfind(b"\n") + 1
+        carry = chunk[cut:]
+        if cut:
+            yield without_first_field(chunk[:cut])
+
+
+async def load_file(context: Any, load_plan: LoadPlan, path: Path) -> int:
+    """Load one TSV file into ``load_plan``'s table, straight (:attr:`LoadPlan.direct`) or staged, a
+    transaction per batch; the rows the file holds."""
+    conn = context.native_connection
+    with open(path, "rb") as stream:
+        stream.readline()  # the header, which load_plan was made from
+        if load_plan.direct:
+            copied = await _copy(
+                conn,
+                load_plan.table[1],
+                schema_name=load_plan.table[0],
+                columns=[t.name for t in load_plan.targets.values()],
+                source=lines_without_first_field(stream),
+                format="text",
+            )
+            return int(copied.rsplit(" ", 1)[1])
+        rows = 0
+        batches = LineBatches(stream)
+        while not batches.done:
+            async with _transaction(conn):
+                await conn.execute(load_plan.stage_statement())
+                # FREEZE: the staged rows need no visibility check when read once (the table is this
+                # transaction's), and one COPY into a new heap keeps the file's order in ctid
+                copied = await _copy(
+                    conn,
+                    STAGE_TABLE,
+                    schema_name="pg_temp",
+                    columns=load_plan.staged_columns,
+                    source=batches.batch(),
+                    format="text",
+                    freeze=True,
+                )
+                rows += int(copied.rsplit(" ", 1)[1])
+                for statement in load_plan.statements():
+                    await conn.execute(statement)
+    await conn.execute(f"DROP TABLE IF EXISTS {STAGE}")  # kept by a caller's transaction, if any
+    return rows
+
+
+async def _copy(conn: Any, table: str, **options: Any) -> str:
+    """asyncpg's ``copy_to_table`` from an async source, failing when the connection is lost: asyncpg
+    itself would wait forever for the server to take more data (its flow control is never resumed on a
+    lost connection), so a failover during a COPY would hang the task."""
+    copying = asyncio.ensure_future(conn.copy_to_table(table, **options))
+
+    def lost(_: Any) -> None:
+        copying.cancel()
+
+    conn.add_termination_listener(lost)
+    try:
+        return await copying
+    except asyncio.CancelledError:
+        if conn.is_closed():
+            raise asyncpg.ConnectionDoesNotExistError("the connection was lost during a COPY") from None
+        raise
+    finally:
+        conn.remove_termination_listener(lost)
+
+
+@contextlib.asynccontextmanager
+async def _transaction(conn: Any) -> AsyncIterator[None]:
+    """A transaction that, unlike asyncpg's, lets a lost connection's own error through (asyncpg's would
+    replace it by an ``InterfaceError`` from its rollback on the closed connection)."""
+    transaction = conn.transaction()
+    await transaction.start()
+    try:
+        yield
+    except BaseException:
+        if not conn.is_closed():
+            await transaction.rollback()
+        raise
+    await transaction.commit()
+
+
+async def _room_for_batches(conn: Any) -> None:
+    """Raise the session's ``temp_buffers`` to hold a staged batch in memory, where it may still be
+    raised (before the session's first temporary table); else leave it."""
+    if await conn.fetchval("SELECT setting::bigint * 8192 FROM pg_settings WHERE name = 'temp_buffers'") >= (
+        TEMP_BUFFERS_MB << 20
+    ):
+        return
+    try:
+        async with conn.transaction():
+            await conn.execute(f"SET temp_buffers = '{TEMP_BUFFERS_MB}MB'")
+    except Exception as error:  # noqa: BLE001  (asyncpg's: a session that already used a temporary table)
+        logger.debug("temp_buffers stays: %s", error)
+
+
+# The tables of this process (one) that load through the client's loader, and why; how the others load
+# ("direct" or "staged", see LoadPlan.direct).
+refused: dict[str, Unsupported] = {}
+modes: dict[str, set[str]] = {}
+
+
+async def load_folder(
+    conn: Any, entity_type: Any, temp_dir: str, mapping: Any, upsert: bool, action_field: str | None
+) -> int | None:
+    """Load every ``.tsv`` file of ``temp_dir`` (in the client's order); the rows they hold, or None when
+    the table loads through the client's loader (said once per table)."""
+    table = conn.get_table(entity_type)
+    label = str(table.name)
+    if label in refused:
+        return None
+    files = sorted(p for p in Path(temp_dir).iterdir() if p.name.endswith(".tsv"))
+    plans = []
+    try:
+        for path in files:
+            with open(path, "rb") as stream:
+                header = stream.readline().rstrip(b"\n")
+            labels = tuple(c.decode("utf-8") for c in header.split(b"\t"))
+            plans.append(await plan(conn, table, labels, mapping, upsert, action_field))
+    except Unsupported as why:
+        refused[label] = why
+        logger.info("%s loads through the client's own loader, not the fast path: %s", label, why)
+        return None
+    modes.setdefault(label, set()).update("direct" if p.direct else "staged" for p in plans)
+    started = time.perf_counter()
+    await _room_for_batches(conn.native_connection)
+    rows = 0
+    for path, load_plan in zip(files, plans, strict=True):
+        rows += await load_file(conn, load_plan, path)
+    logger.debug(
+        "fast load: %d rows of %d file(s) in %.1f s", rows, len(files), time.perf_counter() - started
+    )
+    return rows
+
+
+def init_loader(stock: Callable[..., Any]) -> Callable[..., Any]:
+    """``SqlOpInit.init_insert_data_from_files_to_db`` loading through PostgreSQL, or ``stock`` (the
+    client's) for a table the fast path does not load as the client does."""
+
+    async def init_insert_data_from_files_to_db(
+        self: Any, conn: Any, entity_type: Any, temp_dir: str
+    ) -> None:
+        from dap.replicator.sql_op_init import SqlOpInit
+        from dap.replicator.sql_op_init import logger as client_log
+
+        mapping = SqlOpInit._get_init_tabular_mapping(entity_type)
+        rows = await load_folder(conn, entity_type, temp_dir, mapping, self.use_upsert, None)
+        if rows is None:
+            return await stock(self, conn, entity_type, temp_dir)
+        client_log.info(f"Inserted {rows} records into table")
+
+    return init_insert_data_from_files_to_db
+
+
+def sync_loader(stock: Callable[..., Any]) -> Callable[..., Any]:
+    """``SqlOpSync.sync_insert_data_from_files_to_db`` (a static method) loading through PostgreSQL, or
+    ``stock`` (the client's) for a table the fast path does not load as the client does."""
+
+    async def sync_insert_data_from_files_to_db(
+        conn: Any, entity_type: Any, temp_dir: str, namespace: str, table_name: str, dialect: str
+    ) -> None:
+        from dap.replicator.sql_op_sync import META_ACTION_NAME, SqlOpSync
+        from dap.replicator.sql_op_sync import logger as client_log
+
+        mapping = SqlOpSync._get_sync_tabular_mapping(entity_type)
+        rows = await load_folder(conn, entity_type, temp_dir, mapping, True, META_ACTION_NAME)
+        if rows is None:
+            return await stock(conn, entity_type, temp_dir, namespace, table_name, dialect)
+        client_log.info(f"Upserted {rows} records into table")
+
+    return sync_insert_data_from_files_to_db
