@@ -21,6 +21,7 @@ import re
 import pytest
 
 from cd2.dap_child import fast_load
+from cd2.dap_child.quoting import quote_ident
 from local_dap.control import start_emulator
 from local_dap.emulator.builtin import builtin_tables
 from local_dap.emulator.schema import APPEND_ONLY_NAMESPACES, OVERSIZED
@@ -55,14 +56,10 @@ def databases(postgres_server) -> dict[str, str]:
     return {path: postgres_server.create_database(f"fast_load_{path}") for path in PATHS}
 
 
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def described(postgres_server, url: str, label: str) -> dict:
     """Columns, constraints, rows (as text, lookup ids as their values) and lookup values of ``label``."""
     namespace, table = label.split(".")
-    qualified = f"{_ident(namespace)}.{_ident(table)}"
+    qualified = f"{quote_ident(namespace)}.{quote_ident(table)}"
     conn = postgres_server.connect(url.rsplit("/", 1)[1])
     try:
         with conn.cursor() as cur:
@@ -93,9 +90,9 @@ def described(postgres_server, url: str, label: str) -> dict:
             )
             lookups = dict(cur.fetchall())
             values = [
-                f"(SELECT l.value FROM {lookups[name]} l WHERE l.id = t.{_ident(name)})"
+                f"(SELECT l.value FROM {lookups[name]} l WHERE l.id = t.{quote_ident(name)})"
                 if name in lookups
-                else f"t.{_ident(name)}"
+                else f"t.{quote_ident(name)}"
                 for name, _, _ in columns
             ]
             cur.execute(f"SELECT ROW({', '.join(values)})::text AS r FROM {qualified} t ORDER BY r")
