@@ -7,11 +7,13 @@ and init tasks: init, sync, a forced re-init, a schema change, a second schema c
 after "watermark too old" (so the previous copy has the old shape), and a last sync. After each step
 every table equals the emulator's truth (a log table: everything ever written, which its re-inits keep),
 every view on a table or on one of its lookup tables still exists or is named as needing a person, and
-a reader's grants on each table, on its key column and on its lookup tables still hold.
+a reader's grants on each table, on its key column and on its lookup tables still hold, and so do the
+indexes an analyst added (on the key, on another column while it exists, on each lookup table's values).
 """
 
 from __future__ import annotations
 
+import psycopg2
 import pytest
 
 from local_dap.control import EmulatorError, start_emulator
@@ -34,6 +36,10 @@ FIRST_CHANGES = (
 SECOND_CHANGES = ("add_lookup_column", "add_column", "drop_column", "change_type")
 VIEWS_SCHEMA = "lifecycle_views"
 READER, COLUMN_READER = "lifecycle_reader", "lifecycle_column_reader"
+_HAS_COLUMN = (
+    "SELECT EXISTS (SELECT FROM pg_attribute WHERE attrelid = %s::regclass AND attname = %s AND attnum > 0 "
+    "AND NOT attisdropped)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +59,8 @@ class Lifecycle:
         self.views: dict[str, list[str]] = {}  # table label -> views on it or on its lookup tables
         self.kept_views: set[str] = set()  # views on the key alone: they must survive every step
         self.grants: list[tuple[str, str | None]] = []  # (table, column or None) readers were granted
+        self.indexes: list[tuple[str, str, str]] = []  # (table, index, its column) an analyst added
+        self.indexed: dict[str, str] = {}  # table label -> the column other than its key an analyst indexed
 
     def run(self, step: str, conf: dict | None = None) -> dict:
         config = {
@@ -93,6 +101,19 @@ class Lifecycle:
                         "SELECT has_column_privilege(%s, %s, %s, 'SELECT')", (COLUMN_READER, table, column)
                     )
                 assert cur.fetchone()[0], (step, table, column)
+            # Analysts' indexes too, on every copy that still has their column.
+            for table, index, column in self.indexes:
+                cur.execute("SELECT to_regclass(%s) IS NOT NULL", (table,))
+                if not cur.fetchone()[0]:
+                    continue
+                cur.execute(_HAS_COLUMN, (table, column))
+                if not cur.fetchone()[0]:
+                    continue  # dropped by a schema change, and the index with it
+                cur.execute(
+                    "SELECT indrelid = %s::regclass FROM pg_index WHERE indexrelid = to_regclass(%s)",
+                    (table, index),
+                )
+                assert cur.fetchone() == (True,), (step, table, index)
 
     def create_views(self) -> None:
         """On every table a view of its key, and one on each of its lookup tables."""
@@ -124,20 +145,52 @@ class Lifecycle:
                     self.views[label].append(view)
                     cur.execute(f"GRANT SELECT ON {lookup} TO {READER}")
                     self.grants.append((lookup, None))
+                    self.add_index(cur, lookup, ["value"])
                 cur.execute(f"GRANT SELECT ON {label} TO {READER}")
                 cur.execute(f'GRANT SELECT ("{key}") ON {label} TO {COLUMN_READER}')
                 self.grants += [(label, None), (label, key)]
+                self.add_index(cur, label, [key])
+                cur.execute(
+                    "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
+                    "AND NOT attisdropped AND attname <> %s ORDER BY attnum",
+                    (label, key),
+                )
+                column = self.add_index(cur, label, [column for (column,) in cur.fetchall()])
+                if column is not None:
+                    self.indexed[label] = column
+
+    def add_index(self, cur, table: str, columns: list[str]) -> str | None:
+        """An index on the first of ``columns`` a btree can index, as an analyst would add one; its column."""
+        index = f"added_{len(self.indexes)}"
+        for column in columns:
+            try:
+                cur.execute(f'CREATE INDEX {index} ON {table} ("{column}")')
+            except psycopg2.Error:
+                continue  # no btree for its type (a json column)
+            self.indexes.append((table, f"{table.split('.')[0]}.{index}", column))
+            return column
+        return None
 
     def change_schemas(self, changes: tuple[str, ...], offset: int) -> dict[str, dict]:
-        """One schema change per table, rotated; a view on each column a change drops or retypes."""
+        """One schema change per table, rotated (one it cannot take: its default column, else add_column);
+        a view on each column a change drops or retypes. A column dropped is the one an analyst indexed
+        where it can be."""
         made = {}
         for index, label in enumerate(self.labels):
             namespace, table = label.split(".")
             change = changes[(index + offset) % len(changes)]
-            try:
-                made[label] = self.replica.emulator.bump_schema(namespace, table, change)
-            except EmulatorError:
-                made[label] = self.replica.emulator.bump_schema(namespace, table, "add_column")
+            column = self.indexed.get(label) if change == "drop_column" else None
+            *tries, last = dict.fromkeys([(change, column), (change, None), ("add_column", None)])
+            for change_tried, column_tried in tries:
+                try:
+                    made[label] = self.replica.emulator.bump_schema(
+                        namespace, table, change_tried, column_tried
+                    )
+                    break
+                except EmulatorError:
+                    continue  # a change the table cannot take: the next one
+            else:
+                made[label] = self.replica.emulator.bump_schema(namespace, table, *last)
             if made[label]["change"] in ("drop_column", "change_type"):
                 self.view_on_column(label, made[label]["column"])
         return made
@@ -164,6 +217,7 @@ def test_every_table_shape_lives_through_init_sync_reinit_schema_changes_and_a_r
     assert note["facts"]["counts"]["initialized"] == len(labels)
     life.create_views()
     assert any(len(views) > 1 for views in life.views.values())  # lookup tables have views too
+    assert len({table for table, _, _ in life.indexes}) > len(labels)  # each table's, lookup tables' too
 
     emulator.advance(changes=5)
     assert life.run("sync")["facts"]["counts"]["synced"] == len(labels)
@@ -182,7 +236,13 @@ def test_every_table_shape_lives_through_init_sync_reinit_schema_changes_and_a_r
     # replaces a previous copy of the older shape. A log table's snapshot then holds only the last hour;
     # rows written between the watermark and that hour would be in no copy at all (as after an outage
     # longer than the API's 30 days), so that hour passes without new rows.
-    life.change_schemas(SECOND_CHANGES, 1)
+    changed = life.change_schemas(SECOND_CHANGES, 1)
+    # Some re-inits meet a previous copy whose indexed column the new copy lacks: that index is left out.
+    assert any(
+        made.get("column") == life.indexed.get(label)
+        for label, made in changed.items()
+        if made["change"] == "drop_column"
+    )
     emulator.configure(retention_hours=dict.fromkeys(labels, 1))
     emulator.advance(changes=0)
     emulator.advance(changes=5)

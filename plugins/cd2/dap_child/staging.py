@@ -34,7 +34,7 @@ from dap.replicator.sql_op import get_module_for_namespace
 from cd2.contract import TableRef
 from cd2.dap_child import history, locks, patches, views
 from cd2.dap_child.errors import ReadersHoldTable
-from cd2.dap_child.quoting import qualified, quote_ident
+from cd2.dap_child.quoting import GRANTEE_SQL, qualified, quote_ident
 
 logger = logging.getLogger(__name__)
 
@@ -82,14 +82,12 @@ async def swap_in(conn: asyncpg.Connection, ref: TableRef, stage: Stage, wait_se
     table, an enum type of a dropped column) goes with it. A session keeping a transaction open on the
     table or a view of it (an idle BI tool) holds the swap back, never other readers: each try waits
     ``SWAP_TRY_LOCK_TIMEOUT_MS``; after ``wait_seconds`` of tries the swap fails naming the sessions.
+    The previous copy's grants, owner and added indexes go to the new copy.
     """
     await locks.shared_ddl(conn, f"CREATE SCHEMA IF NOT EXISTS {quote_ident(ref.namespace)}")
+    await _build_added_indexes(conn, ref, stage)
     async with conn.transaction():
-        tables = await _names(
-            conn,
-            stage.data,
-            "SELECT relname FROM pg_class WHERE relkind IN ('r', 'p') AND relnamespace = $1::regnamespace",
-        )
+        tables = await _names(conn, stage.data, _TABLES)
         types = await _names(
             conn,
             stage.data,
@@ -150,17 +148,78 @@ async def swap_in(conn: asyncpg.Connection, ref: TableRef, stage: Stage, wait_se
     return kept
 
 
+_TABLES = "SELECT relname FROM pg_class WHERE relkind IN ('r', 'p') AND relnamespace = $1::regnamespace"
+
+# Indexes someone added to the live tables (not the client's: those back its constraints), as
+# pg_get_indexdef prints them, and each table's name as it prints it there.
+_ADDED_INDEXES = """
+SELECT i.relname AS index_name, t.relname AS table_name, format('%I.%I', n.nspname, t.relname) AS printed,
+       pg_get_indexdef(x.indexrelid) AS definition
+FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class t ON t.oid = x.indrelid
+JOIN pg_namespace n ON n.oid = t.relnamespace
+WHERE x.indrelid = ANY($1::regclass[])
+  AND NOT EXISTS (SELECT FROM pg_constraint c WHERE c.conindid = x.indexrelid AND c.conrelid = x.indrelid)
+ORDER BY t.relname, i.relname
+"""
+# What an index definition may meet on a new copy of another shape: a column dropped or retyped (42...),
+# values that no longer fit a unique index or an expression (23..., 22...).
+_INDEX_DOES_NOT_FIT = ("42", "23", "22")
+
+
+async def _build_added_indexes(conn: asyncpg.Connection, ref: TableRef, stage: Stage) -> None:
+    """Build on the new copy's tables the indexes someone added to the live tables of the same names (an
+    analyst's index on ``canvas.submissions``), before the swap, so readers keep theirs meanwhile. One
+    that no longer fits the new copy (its column was dropped) is left out with a warning naming it."""
+    live = [qualified(ref.namespace, t) for t in await _names(conn, stage.data, _TABLES)]
+    live = [t for t in live if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", t)]
+    if not live:
+        return
+    async with conn.transaction():
+        await conn.execute("SET LOCAL search_path TO pg_catalog")  # names in definitions fully qualified
+        added = await conn.fetch(_ADDED_INDEXES, live)
+    built = 0
+    for index in added:
+        if await conn.fetchval(
+            "SELECT to_regclass($1) IS NOT NULL", qualified(stage.data, index["index_name"])
+        ):
+            continue  # the client made one of that name
+        target = qualified(stage.data, index["table_name"])
+        definition = index["definition"]
+        for on in (" ON ", " ON ONLY "):
+            definition = definition.replace(f"{on}{index['printed']} USING ", f"{on}{target} USING ", 1)
+        try:
+            if target not in definition:
+                raise ValueError(f"its table is not named as {index['printed']}")
+            async with conn.transaction():
+                await conn.execute("SET LOCAL search_path TO pg_catalog")
+                await conn.execute(definition)
+            built += 1
+        except (ValueError, asyncpg.PostgresError) as error:
+            sqlstate = getattr(error, "sqlstate", None) or ""
+            if isinstance(error, asyncpg.PostgresError) and sqlstate[:2] not in _INDEX_DOES_NOT_FIT:
+                raise
+            logger.warning(
+                "%s: the index %s of the previous copy is left out of the new one (%s); it was: %s",
+                ref.label,
+                qualified(ref.namespace, index["index_name"]),
+                error,
+                index["definition"],
+            )
+    if built:
+        logger.info("%s: the new copy has the previous one's %d added index(es)", ref.label, built)
+
+
 # Who may read the live tables, table- and column-wise, and who owns them: carried over to the new copy,
 # which the child's role created and owns (ALTER DEFAULT PRIVILEGES already applied to it on creation).
-_ACCESS = """
+_ACCESS = f"""
 SELECT c.relname, NULL::name AS column_name, pg_get_userbyid(c.relowner) AS owner,
-       CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END AS grantee,
+       {GRANTEE_SQL} AS grantee,
        a.privilege_type, a.is_grantable
 FROM pg_class c LEFT JOIN LATERAL aclexplode(c.relacl) a ON a.grantee <> c.relowner
 WHERE c.oid = ANY($1::regclass[])
 UNION ALL
 SELECT c.relname, att.attname, pg_get_userbyid(c.relowner),
-       CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END,
+       {GRANTEE_SQL},
        a.privilege_type, a.is_grantable
 FROM pg_class c JOIN pg_attribute att ON att.attrelid = c.oid AND att.attnum > 0 AND NOT att.attisdropped
 CROSS JOIN LATERAL aclexplode(att.attacl) a

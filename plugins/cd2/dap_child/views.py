@@ -19,7 +19,7 @@ import asyncpg
 
 from cd2.contract import PRODUCT_SCHEMA, TableRef
 from cd2.dap_child import locks
-from cd2.dap_child.quoting import qualified, quote_ident
+from cd2.dap_child.quoting import GRANTEE_SQL, qualified, quote_ident
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +66,8 @@ GROUP BY c.oid, n.nspname, c.relname, c.relkind
 ORDER BY depth, n.nspname, c.relname
 """
 
-_GRANTS = """
-SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END AS grantee,
+_GRANTS = f"""
+SELECT {GRANTEE_SQL} AS grantee,
        a.privilege_type, a.is_grantable
 FROM pg_class c, aclexplode(c.relacl) a
 WHERE c.oid = $1 AND a.grantee <> c.relowner
