@@ -6,14 +6,13 @@ instructure-dap-client 2.3.1, which parse every TSV line into Python values and 
 again (a binary COPY on init; a COPY into a temporary table and a merge per batch on sync, with
 ``bulk_upsert``), so a big load is bound by the worker's CPU, not the database's.
 
-Instead, each downloaded (gunzipped) file goes to PostgreSQL as bytes. A plain insert whose columns need
-only their types' text input goes by one ``COPY`` straight into the table, each line less its first
-field (``meta.ts``, which the table has no column for: :attr:`LoadPlan.direct`). Any other file, in
+Instead, each downloaded (gunzipped) file goes to PostgreSQL as bytes, untouched by the child, in
 batches of about :data:`BATCH_BYTES` of whole lines, a transaction each:
 
 1. ``COPY`` the bytes after the header, as they are, into a temporary table of text columns, one per
-   header label: the client's TSV escapes (``\\t \\n \\r \\b \\f \\v \\0 \\\\``, ``\\N`` for NULL) are
-   PostgreSQL's text format, so the database reads the values the client's parser would;
+   header label (``meta.ts`` too, which the table has no column for): the client's TSV escapes
+   (``\\t \\n \\r \\b \\f \\v \\0 \\\\``, ``\\N`` for NULL) are PostgreSQL's text format, so the
+   database reads the values the client's parser would;
 2. each lookup column's ("enum or free text") values into its lookup table, as the client's merge does
    (``INSERT ... ON CONFLICT DO NOTHING`` of the distinct values);
 3. ``INSERT INTO`` the table ``SELECT`` each column cast to the client's column type by its input
@@ -112,13 +111,11 @@ class Lookup:
 @dataclass(frozen=True)
 class Target:
     """Where one staged column goes: the table's column (``name``; ``column`` quoted) and the SQL reading it
-    from staged text ``s.cN``; ``direct`` when that is the column type's text input alone, which a
-    ``COPY`` into the table applies itself."""
+    from staged text ``s.cN``."""
 
     name: str
     expression: str
     lookup: Lookup | None = None
-    direct: bool = False
 
     @property
     def column(self) -> str:
@@ -141,17 +138,6 @@ class LoadPlan:
     @property
     def qualified(self) -> str:
         return ".".join(quote_ident(part) for part in self.table)
-
-    @property
-    def direct(self) -> bool:
-        """Whether the file's lines, less their first field (``meta.ts``), can go by ``COPY`` straight into
-        the table: a plain insert of columns that need only their type's text input."""
-        return (
-            not self.keys
-            and self.action is None
-            and set(self.targets) == set(range(1, len(self.labels)))
-            and all(t.direct for t in self.targets.values())
-        )
 
     @property
     def staged_columns(self) -> list[str]:
@@ -265,9 +251,8 @@ async def plan(
                 )
                 targets[index] = Target(column.name.local_id, f"l{index}.{lookup.key}", lookup)
                 continue
-        source = f"s.c{index}"
-        expression = conversion(source, catalog[column.name.local_id], field_type)
-        targets[index] = Target(column.name.local_id, expression, direct=expression.split("::")[0] == source)
+        expression = conversion(f"s.c{index}", catalog[column.name.local_id], field_type)
+        targets[index] = Target(column.name.local_id, expression)
     if action_field is not None and action is None:
         raise Unsupported(action_field, "a sync file without meta.action")
     keys = tuple(quote_ident(key.local_id) for key in table.primary_key) if upsert else ()
@@ -310,43 +295,12 @@ class LineBatches:
             yield chunk
 
 
-def without_first_field(lines: bytes) -> bytes:
-    """Whole TSV ``lines`` (the last may lack its newline), each without its first field and tab."""
-    return b"\n".join([line.partition(b"\t")[2] for line in lines.split(b"\n")])  # the fastest measured
-
-
-async def lines_without_first_field(stream: BinaryIO, read_bytes: int = READ_BYTES) -> AsyncIterator[bytes]:
-    """``stream``'s lines without their first field, in chunks of whole lines."""
-    carry = b""
-    while True:
-        data = await asyncio.to_thread(stream.read, read_bytes)
-        if not data:
-            if carry:
-                yield without_first_field(carry)
-            return
-        chunk = carry + data
-        cut = chunk.rfind(b"\n") + 1
-        carry = chunk[cut:]
-        if cut:
-            yield without_first_field(chunk[:cut])
-
-
 async def load_file(context: Any, load_plan: LoadPlan, path: Path) -> int:
-    """Load one TSV file into ``load_plan``'s table, straight (:attr:`LoadPlan.direct`) or staged, a
-    transaction per batch; the rows the file holds."""
+    """Load one TSV file into ``load_plan``'s table through the stage, a transaction per batch; the rows
+    the file holds."""
     conn = context.native_connection
     with open(path, "rb") as stream:
         stream.readline()  # the header, which load_plan was made from
-        if load_plan.direct:
-            copied = await _copy(
-                conn,
-                load_plan.table[1],
-                schema_name=load_plan.table[0],
-                columns=[t.name for t in load_plan.targets.values()],
-                source=lines_without_first_field(stream),
-                format="text",
-            )
-            return int(copied.rsplit(" ", 1)[1])
         rows = 0
         batches = LineBatches(stream)
         while not batches.done:
@@ -419,10 +373,8 @@ async def _room_for_batches(conn: Any) -> None:
         logger.debug("temp_buffers stays: %s", error)
 
 
-# The tables of this process (one) that load through the client's loader, and why; how the others load
-# ("direct" or "staged", see LoadPlan.direct).
+# The tables of this process (one) that load through the client's loader, and why.
 refused: dict[str, Unsupported] = {}
-modes: dict[str, set[str]] = {}
 
 
 async def load_folder(
@@ -446,7 +398,6 @@ async def load_folder(
         refused[label] = why
         logger.info("%s loads through the client's own loader, not the fast path: %s", label, why)
         return None
-    modes.setdefault(label, set()).update("direct" if p.direct else "staged" for p in plans)
     started = time.perf_counter()
     await _room_for_batches(conn.native_connection)
     rows = 0

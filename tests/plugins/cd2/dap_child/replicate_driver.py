@@ -130,7 +130,6 @@ def main(argv: list[str]) -> None:
         "bulk_upsert": bulk,
         "fast_load": {name: name in active for name in FAST_LOADS},
         "fast_load_refused": {label: str(why) for label, why in fast_load.refused.items()},
-        "fast_load_modes": {label: sorted(found) for label, found in fast_load.modes.items()},
         "streaming": streaming,
         "reader": ",".join(sorted(readers)),
         "sync_batch_rows": sql_op_sync.INSERT_BATCH_SIZE,

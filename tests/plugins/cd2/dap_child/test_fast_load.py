@@ -192,19 +192,6 @@ def test_the_tables_hold_every_awkward_value(built):
     assert lookups, "lookup values were compared"
 
 
-def test_both_ways_of_the_fast_path_were_compared(built):
-    """Tables whose columns need only their types' text input go by COPY straight into the table; the
-    others (lookups, arrays, upserts, a sync) through the stage: each way met tables above."""
-    modes = {
-        (step, mode)
-        for step in STEPS
-        for label in LABELS
-        for found in built[step][label]["fast"]["result"]["fast_load_modes"].values()
-        for mode in found
-    }
-    assert modes == {("init", "direct"), ("init", "staged"), ("sync", "staged")}
-
-
 def test_every_type_the_fast_init_converts_was_compared(built):
     """A type the fast path takes but no table above has would be taken unseen: add a shape, or drop it."""
     seen = set().union(*(built["init"][label]["fast"]["types"] for label in LABELS))
@@ -224,24 +211,6 @@ def batches_of(payload: bytes, batch_bytes: int, read_bytes: int) -> list[bytes]
         return found
 
     return asyncio.run(collect())
-
-
-@pytest.mark.parametrize("read_bytes", [1, 3, 16, 1 << 20])
-@pytest.mark.parametrize("tail", [b"", b"2024-01-01T00:00:00Z\tx\\ty"], ids=["terminated", "unterminated"])
-def test_lines_lose_exactly_their_first_field(read_bytes, tail):
-    lines = [
-        f"2024-0{1 + i % 9}-01T00:00:0{i % 10}.{i:06d}Z\t{i}\tv\\t{i}\t\\N\n".encode() for i in range(30)
-    ]
-    payload = b"".join(lines) + tail
-
-    async def collect() -> bytes:
-        stream = io.BytesIO(payload)
-        return b"".join([chunk async for chunk in fast_load.lines_without_first_field(stream, read_bytes)])
-
-    expected = b"".join(line.split(b"\t", 1)[1] for line in lines) + (
-        tail.split(b"\t", 1)[1] if tail else b""
-    )
-    assert asyncio.run(collect()) == expected
 
 
 @pytest.mark.parametrize("read_bytes", [1, 3, 16, 1 << 20])
