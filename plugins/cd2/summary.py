@@ -166,6 +166,7 @@ UNSUMMARIZED_ACTION = (
     "what happened to it; report this"
 )
 RUN_PROBLEM_ACTION = "fix the configuration or connection it names"
+UNTOLD_RUN_PROBLEM = "the run failed before any table ran, without a message (see list_tables' log)"
 
 
 @dataclass(frozen=True)
@@ -338,12 +339,13 @@ def compose(
     per table; the same as facts. It fits SNS: shortened level by level (texts, then the tables listed,
     each cut marked) until it does; every NEEDS YOU item stays in the text.
 
-    ``problem`` reports a failure before any table ran (e.g. the table list could not be made).
+    ``problem`` reports a failure before any table ran (e.g. the table list could not be made); a blank
+    one still does.
     ``plan``: a plan run, told as such, with what a run would do per table instead of what was done.
     """
     freshness = freshness or Freshness()
     told = [_tell(s, freshness, now) for s in summaries]
-    run_problem = first_line(problem)
+    run_problem = None if problem is None else first_line(problem) or UNTOLD_RUN_PROBLEM
     attention = [NeedsYou(None, "", run_problem, RUN_PROBLEM_ACTION)] if run_problem else []
     attention += [item for t in told for item in t.needs]
     counts = Counter(t.summary.outcome for t in told)
@@ -354,7 +356,7 @@ def compose(
     if plan:
         failed = f"{counts[Outcome.FAILED]} failed, " if counts[Outcome.FAILED] else ""
         count_text = failed + ", ".join(f"{planned[a]} {a}" for a in PlannedAction)
-    status = "FAILED before any table ran" if problem else "nothing to do" if not told else count_text
+    status = "FAILED before any table ran" if run_problem else "nothing to do" if not told else count_text
     prefix = "PLAN, nothing changed; " if plan else ""
     if attention:
         named = ", ".join(item.table or "the run" for item in attention)
@@ -371,7 +373,7 @@ def compose(
         "counts": {o: counts[o] for o in words},
         "planned": {a: planned[a] for a in PlannedAction} if plan else None,
         "max_lag_seconds": _rounded(max(lags)) if lags else None,
-        "run_failed": bool(problem or counts[Outcome.FAILED] or counts[UNSUMMARIZED]),
+        "run_failed": bool(run_problem or counts[Outcome.FAILED] or counts[UNSUMMARIZED]),
     }
     log_text = run.text(_DETAIL_LEVELS[0])
     for detail in _DETAIL_LEVELS:

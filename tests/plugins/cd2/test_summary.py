@@ -16,7 +16,6 @@ from cd2.summary import (
     Notification,
     TableSummary,
     compose,
-    first_line,
     summarize_records,
     summarize_table,
 )
@@ -338,7 +337,8 @@ def check_every_table_is_accounted_for(note: Notification, summaries, problem: s
             for line in opening
         ), label
     untold = [line for line in opening if line.startswith("- ") and ": could not be summarized" in line]
-    assert facts["run_failed"] is bool(first_line(problem) or broken or untold)
+    assert facts["run_failed"] is (problem is not None or bool(broken or untold))
+    assert problem is None or any(line.startswith("- the run: ") for line in opening)
 
 
 @SNS_SETTINGS
@@ -354,6 +354,7 @@ def check_every_table_is_accounted_for(note: Notification, summaries, problem: s
     plan=False,
     bound=1.0,
 )
+@example(tables=[], problem=" ", plan=False, bound=1.0)  # a blank problem still fails the run, told
 def test_any_records_make_a_message_that_fits_sns_and_names_every_failure(tables, problem, plan, bound):
     summaries = [summarize_records(label, sync, init) for label, sync, init in tables]
     note = compose(
