@@ -49,7 +49,7 @@ def run_child(
     """One init or sync in a fresh child process; the driver's timings and peak RSS."""
     namespace, name = table.split(".")
     env = emulator.client_env(
-        CD2_REPLICA_URL=url,
+        CD2_DATABASE_URL=url,
         CD2_ACCELERATED_READER="1" if accelerated else "0",
         CD2_BULK_UPSERT="1" if accelerated else "0",
         CD2_DRIVER_KEEP_FILES=str(keep),

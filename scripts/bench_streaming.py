@@ -17,8 +17,11 @@ database of a throwaway PostgreSQL:
   ``DapHook.run_table_job`` (what the replicate operator calls) in this process, which runs the child
   ``python -m cd2.dap_child`` with its accelerated reader and object streaming on (the defaults), and
   ``CD2_FAST_INIT=0`` (the hook passes it on): the client's own loader;
+- product, 1 connection: the fast path on, every batch on the client's one connection
+  (``CD2_FAST_INIT_CONNECTIONS=1``);
 - product ("after"): the same with the fast path on (the default): each object's TSV bytes go by COPY
-  into a temporary text table and PostgreSQL converts them (plugins/cd2/dap_child/fast_load.py);
+  into a temporary text table and PostgreSQL converts them (plugins/cd2/dap_child/fast_load.py), a big
+  object's batches on two connections side by side;
 - raw COPY: a plain text-format ``COPY ... FROM STDIN`` of the kept files from this process (psycopg2)
   into a copy of the table in the product's database, its primary key and NOT NULL constraints kept
   (``raw_copy_seconds`` of scripts/bench_loader.py); its wall is the COPY statements' alone (no
@@ -86,6 +89,7 @@ PHASES = re.compile(r"streamed (\d+) objects: downloads ([\d.]+) s, loads ([\d.]
 # The fast load's one line when a table loads through the client's own loader instead (fast_load.py).
 FALLBACK = "not the fast path"
 STOCK, BEFORE, AFTER, RAW_COPY = "stock dap CLI", "product, fast path off", "product", "raw COPY"
+ONE_CONNECTION = "product, 1 connection"
 # The switch and the patch of the fast path of each action (plugins/cd2/dap_child/fast_load.py).
 FAST = {"init": ("CD2_FAST_INIT", "fast_init"), "sync": ("CD2_FAST_SYNC", "fast_sync")}
 NAN = float("nan")
@@ -256,9 +260,18 @@ def stock(emulator, url: str, command: str, table: str, tmpdir: Path) -> tuple[f
     return seconds, peak.peak
 
 
-def product(emulator, url: str, action: str, table: str, tmpdir: Path, fast: bool | None = None):
+def product(
+    emulator,
+    url: str,
+    action: str,
+    table: str,
+    tmpdir: Path,
+    fast: bool | None = None,
+    settings: dict | None = None,
+):
     """The product's task for one table; ``fast`` sets the action's fast path switch (``CD2_FAST_INIT`` or
-    ``CD2_FAST_SYNC``; None: unset, the default, on). Checks the child applied its patch or not, as asked."""
+    ``CD2_FAST_SYNC``; None: unset, the default, on); ``settings``: more environment for the child. Checks
+    the child applied its patch or not, as asked."""
     from cd2.contract import Action, TableJob
     from cd2.hooks.dap import DapHook
 
@@ -270,6 +283,7 @@ def product(emulator, url: str, action: str, table: str, tmpdir: Path, fast: boo
     os.environ.pop(switch, None)
     if fast is not None:
         os.environ[switch] = "1" if fast else "0"
+    os.environ.update(settings or {})
     phases = PhaseLog()
 
     class WatchedHook(DapHook):
@@ -287,8 +301,8 @@ def product(emulator, url: str, action: str, table: str, tmpdir: Path, fast: boo
             result = WatchedHook().run_table_job(job)
             seconds = time.monotonic() - started
     finally:
-        os.environ.pop("TMPDIR")
-        os.environ.pop(switch, None)
+        for name in ("TMPDIR", switch, *(settings or {})):
+            os.environ.pop(name, None)
     active = patch in (result.patches or [])
     if active != (fast is not False):
         raise RuntimeError(f"asked for {patch} {fast}, the child's active patches: {result.patches}")
@@ -336,17 +350,18 @@ def init_arms(pg, emulator, args, rows: int, work: Path, server_pid: int, files:
     runs = []
     if not args.skip_stock:
         runs.append((STOCK, "stock", None))
-    runs += [(BEFORE, "product_off", False), (AFTER, "product", True)]
+    runs += [(BEFORE, "product_off", False), (ONE_CONNECTION, "product_one", True), (AFTER, "product", True)]
     arms = []
     for name, key, fast in runs:
         database = f"bench_{key}_{rows}"
         url = pg.create_database(database)
+        settings = {"CD2_FAST_INIT_CONNECTIONS": "1"} if name == ONE_CONNECTION else None
         tmpdir = work / f"{key}-{rows}"
         tmpdir.mkdir()
         if fast is None:
             run = partial(stock, emulator, url, "initdb", args.table, tmpdir)
         else:
-            run = partial(product, emulator, url, "init", args.table, tmpdir, fast)
+            run = partial(product, emulator, url, "init", args.table, tmpdir, fast, settings)
         arm = run_arm(name, CpuTime(server_pid, emulator_pid), run)
         loaded = count(pg, database, args.table)
         if loaded != rows:
@@ -406,6 +421,7 @@ def report(label: str, table: str, rows: int, serving: float, largest_object: in
         (BEFORE, STOCK, ""),
         (AFTER, STOCK, ""),
         (BEFORE, RAW_COPY, ""),
+        (ONE_CONNECTION, RAW_COPY, ""),
         (AFTER, RAW_COPY, "  (target: wall <= 1.5x)"),
         (AFTER, BEFORE, "  (after / before)"),
     ]

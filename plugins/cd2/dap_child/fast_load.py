@@ -7,19 +7,31 @@ again (a binary COPY on init; a COPY into a temporary table and a merge per batc
 ``bulk_upsert``), so a big load is bound by the worker's CPU, not the database's.
 
 Instead, each downloaded (gunzipped) file goes to PostgreSQL as bytes, untouched by the child, in
-batches of about :data:`BATCH_BYTES` of whole lines, a transaction each:
+batches of about :data:`BATCH_BYTES` of whole lines (``CD2_FAST_LOAD_BATCH_BYTES``), each in three steps:
 
 1. ``COPY`` the bytes after the header, as they are, into a temporary table of text columns, one per
    header label (``meta.ts`` too, which the table has no column for): the client's TSV escapes
    (``\\t \\n \\r \\b \\f \\v \\0 \\\\``, ``\\N`` for NULL) are PostgreSQL's text format, so the
    database reads the values the client's parser would;
 2. each lookup column's ("enum or free text") values into its lookup table, as the client's merge does
-   (``INSERT ... ON CONFLICT DO NOTHING`` of the distinct values);
-3. ``INSERT INTO`` the table ``SELECT`` each column cast to the client's column type by its input
-   function (the column's length or precision then applies as on the client's COPY), JSON arrays
-   unnested into PostgreSQL arrays, lookup values joined to their ids. Where the client upserts (a
+   (``INSERT ... ON CONFLICT DO NOTHING`` of the distinct values), committed at once;
+3. in one transaction, ``INSERT INTO`` the table ``SELECT`` each column cast to the client's column type
+   by its input function (the column's length or precision then applies as on the client's COPY), JSON
+   arrays unnested into PostgreSQL arrays, lookup values joined to their ids. Where the client upserts (a
    sync's ``U`` rows, the init of a log table), the last row of a key wins, ``ON CONFLICT DO UPDATE``;
    a sync then deletes its ``D`` rows' keys, as the client does per batch.
+
+A plain init's batches are independent (no key decides which row wins), so inside the streaming init
+(:func:`side_by_side`) they load on :data:`DEFAULT_CONNECTIONS` connections of the load's own
+(``CD2_FAST_INIT_CONNECTIONS``; ``1``: on the client's connection, one batch after another): a batch is
+copied into a free connection's stage, then converted there while the next batch, of the same object or
+the next, is copied on another; the conversions are waited for before the client writes ``table_sync``.
+The database's conversion so runs on as many of its cores. Lookup values go in sorted order and commit
+before the long ``INSERT`` (step 2), so two connections meeting on a new value wait for each other only
+briefly and never in a cycle. The client's connection stays idle meanwhile (the client's own calls on it
+never meet a conversion in flight); a database that refuses another connection gets the load on the
+client's connection, with a warning. Keyed loads (a sync, a log table's init) keep one connection, in
+file order.
 
 The client still creates the table, its types and lookup tables (``explorer.synchronize``) and writes
 ``table_sync``; streaming, the staged swap, the download check, the disk guard and the API budget are
@@ -39,7 +51,9 @@ and delete this module and its two registry entries.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import contextvars
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -49,12 +63,19 @@ from typing import Any, BinaryIO
 
 import asyncpg
 
+from cd2 import contract
 from cd2.dap_child.quoting import quote_ident
+from cd2.dap_child.write_behind import LoadClock
 
 logger = logging.getLogger(__name__)
 
 READ_BYTES = 4 * 1024 * 1024
 BATCH_BYTES = 32 * 1024 * 1024
+BATCH_SETTING = "CD2_FAST_LOAD_BATCH_BYTES"
+# Connections a plain init's big file loads on (one copying while others convert).
+DEFAULT_CONNECTIONS = 2
+CONNECTIONS_SETTING = "CD2_FAST_INIT_CONNECTIONS"
+CLOSE_SECONDS = 5
 # The session's temporary buffers, so that a staged batch stays in memory (the default is 8MB).
 TEMP_BUFFERS_MB = 128
 STAGE_TABLE = "cd2_fast_init"
@@ -127,7 +148,8 @@ class LoadPlan:
     """How one header's files load into ``table``: a target per loaded label (meta labels have none).
     With ``keys``, rows are upserted on them, the last row of a key winning as the client's upsert of the
     rows in file order leaves it; with ``action`` (a sync: the staged column of ``meta.action``), only
-    ``U`` rows are upserted, then the ``D`` rows' keys deleted."""
+    ``U`` rows are upserted, then the ``D`` rows' keys deleted. Without ``keys``, batches may load in any
+    order, side by side."""
 
     table: tuple[str, str]
     labels: tuple[str, ...]
@@ -145,21 +167,22 @@ class LoadPlan:
 
     def stage_statement(self) -> str:
         columns = ", ".join(f"{c} text" for c in self.staged_columns)
-        return (
-            f"DROP TABLE IF EXISTS {STAGE}; CREATE TEMPORARY TABLE {STAGE_TABLE} ({columns}) ON COMMIT DROP"
-        )
+        return f"DROP TABLE IF EXISTS {STAGE}; CREATE TEMPORARY TABLE {STAGE_TABLE} ({columns})"
 
     def _rows(self, action: str) -> str:
         return "" if self.action is None else f" WHERE s.c{self.action} = '{action}'"
 
-    def statements(self) -> list[str]:
-        """What loads the staged batch, in order."""
-        lookups = [
+    def lookup_statements(self) -> list[str]:
+        """What adds the staged batch's new lookup values, each table's in sorted order."""
+        return [
             f"INSERT INTO {t.lookup.table} ({t.lookup.value}) SELECT DISTINCT s.c{index} FROM {STAGE} s "
-            f"WHERE s.c{index} IS NOT NULL ON CONFLICT DO NOTHING"
+            f"WHERE s.c{index} IS NOT NULL ORDER BY 1 ON CONFLICT DO NOTHING"
             for index, t in self.targets.items()
             if t.lookup
         ]
+
+    def write_statements(self) -> list[str]:
+        """What writes the staged batch into the table (its lookup values added), in order."""
         columns = ", ".join(t.column for t in self.targets.values())
         values = ", ".join(t.expression for t in self.targets.values())
         source = f"{STAGE} s" + "".join(
@@ -168,7 +191,7 @@ class LoadPlan:
             if t.lookup
         )
         if not self.keys:
-            return [*lookups, f"INSERT INTO {self.qualified} ({columns}) SELECT {values} FROM {source}"]
+            return [f"INSERT INTO {self.qualified} ({columns}) SELECT {values} FROM {source}"]
         key_values = [t.expression for t in self.targets.values() if t.column in self.keys]
         updates = [
             f"{t.column} = EXCLUDED.{t.column}" for t in self.targets.values() if t.column not in self.keys
@@ -180,13 +203,13 @@ class LoadPlan:
             f"ON CONFLICT ({', '.join(self.keys)}) {conflict}"
         )
         if self.action is None:
-            return [*lookups, upsert]
+            return [upsert]
         (key,), (key_value,) = self.keys, key_values
         delete = (
             f"DELETE FROM {self.qualified} t USING (SELECT DISTINCT {key_value} AS k FROM {STAGE} s{self._rows('D')}) d "
             f"WHERE t.{key} = d.k"
         )
-        return [*lookups, upsert, delete]
+        return [upsert, delete]
 
 
 def conversion(source: str, column: dict[str, Any], field_type: type) -> str:
@@ -296,32 +319,160 @@ class LineBatches:
 
 
 async def load_file(context: Any, load_plan: LoadPlan, path: Path) -> int:
-    """Load one TSV file into ``load_plan``'s table through the stage, a transaction per batch; the rows
-    the file holds."""
+    """Load one TSV file into ``load_plan``'s table through the stage, batch by batch; the rows the file
+    holds. A plain init's batches go to the connections of :func:`side_by_side`, if inside it."""
     conn = context.native_connection
+    batch_bytes = _whole_number(BATCH_SETTING, BATCH_BYTES, 1)
+    connections = _side_by_side.get()
     with open(path, "rb") as stream:
         stream.readline()  # the header, which load_plan was made from
+        batches = LineBatches(stream, batch_bytes, min(READ_BYTES, batch_bytes))
+        if connections is not None and not load_plan.keys and await connections.ready():
+            return await connections.load(load_plan, batches)
         rows = 0
-        batches = LineBatches(stream)
         while not batches.done:
-            async with _transaction(conn):
-                await conn.execute(load_plan.stage_statement())
-                # FREEZE: the staged rows need no visibility check when read once (the table is this
-                # transaction's), and one COPY into a new heap keeps the file's order in ctid
-                copied = await _copy(
-                    conn,
-                    STAGE_TABLE,
-                    schema_name="pg_temp",
-                    columns=load_plan.staged_columns,
-                    source=batches.batch(),
-                    format="text",
-                    freeze=True,
-                )
-                rows += int(copied.rsplit(" ", 1)[1])
-                for statement in load_plan.statements():
-                    await conn.execute(statement)
-    await conn.execute(f"DROP TABLE IF EXISTS {STAGE}")  # kept by a caller's transaction, if any
+            rows += await _stage(conn, load_plan, batches)
+            await _write(conn, load_plan)
+    await conn.execute(f"DROP TABLE IF EXISTS {STAGE}")
     return rows
+
+
+async def _stage(conn: Any, load_plan: LoadPlan, batches: LineBatches, isolation: str | None = None) -> int:
+    """Copy the next of ``batches`` into ``conn``'s stage, as it is; the rows copied."""
+    async with _transaction(conn, isolation):
+        await conn.execute(load_plan.stage_statement())
+        # FREEZE: the staged rows need no visibility check when read (the table is new in this
+        # transaction), and one COPY into a new heap keeps the file's order in ctid
+        copied = await _copy(
+            conn,
+            STAGE_TABLE,
+            schema_name="pg_temp",
+            columns=load_plan.staged_columns,
+            source=batches.batch(),
+            format="text",
+            freeze=True,
+        )
+    return int(copied.rsplit(" ", 1)[1])
+
+
+async def _write(conn: Any, load_plan: LoadPlan, isolation: str | None = None) -> None:
+    """Write ``conn``'s staged batch into the table: its new lookup values committed first, so that another
+    connection's batch waits for them only that long, then its rows."""
+    for statements in (load_plan.lookup_statements(), load_plan.write_statements()):
+        async with _transaction(conn, isolation):
+            for statement in statements:
+                await conn.execute(statement)
+
+
+class SideBySide:
+    """Connections of the load's own, up to ``count``, on which a plain init's batches load side by side:
+    each batch is copied into a free connection's stage, then converted there in the background while the
+    next batch is copied on another, across files and objects. :meth:`drain` waits for every conversion,
+    raising the first error; :meth:`close` stops any still running and closes the connections."""
+
+    def __init__(self, count: int, clock: LoadClock) -> None:
+        self.count, self.clock = count, clock
+        self.idle: list[asyncpg.Connection] = []
+        self.writing: dict[asyncio.Task[None], asyncpg.Connection] = {}
+        self.opened: list[asyncpg.Connection] = []
+
+    async def ready(self) -> bool:
+        """Whether at least one connection of its own is open (opening the first, unless ``count`` is 1),
+        else the client's connection loads, as without it."""
+        if not self.opened and self.count > 1:
+            await self._open()
+        return bool(self.opened)
+
+    async def _open(self) -> None:
+        from cd2.dap_child import locks, session  # see _whole_number
+
+        try:
+            conn = await locks.connect_as(session.env(contract.ENV_DATABASE_URL), "cd2_replica fast init")
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            logger.warning(
+                "the init loads on %d connection(s) of its own: no other could be opened (%s)",
+                len(self.opened),
+                error,
+            )
+            self.count = len(self.opened)
+            return
+        self.opened.append(conn)
+        self.idle.append(conn)
+        await _room_for_batches(conn)
+
+    async def _free(self) -> asyncpg.Connection:
+        if not self.idle and len(self.opened) < self.count:
+            await self._open()
+        if not self.idle:
+            done, _ = await asyncio.wait(self.writing, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                self.idle.append(self.writing.pop(task))
+            for error in [task.exception() for task in done]:
+                if error is not None:
+                    raise error
+        return self.idle.pop()
+
+    async def load(self, load_plan: LoadPlan, batches: LineBatches) -> int:
+        """Copy ``batches`` and leave their conversions running; the rows copied."""
+        rows = 0
+        counts = batches_side_by_side.setdefault(".".join(load_plan.table), collections.Counter())
+        while not batches.done:
+            conn = await self._free()
+            rows += await _stage(conn, load_plan, batches, "read_committed")
+            self.writing[asyncio.create_task(self._write(conn, load_plan))] = conn
+            counts[self.opened.index(conn) + 1] += 1
+        return rows
+
+    async def _write(self, conn: asyncpg.Connection, load_plan: LoadPlan) -> None:
+        with self.clock.running():
+            # Explicit: a write must see the lookup values another connection committed after it began.
+            await _write(conn, load_plan, "read_committed")
+
+    async def drain(self) -> None:
+        while self.writing:
+            task = next(iter(self.writing))
+            self.idle.append(self.writing.pop(task))
+            await task
+
+    async def close(self) -> None:
+        for task in self.writing:
+            task.cancel()
+        await asyncio.gather(*self.writing, return_exceptions=True)
+        self.writing.clear()
+        for conn in self.opened:
+            with contextlib.suppress(Exception):  # a lost connection has nothing left to close
+                await conn.close(timeout=CLOSE_SECONDS)
+
+
+# Per table of this process (one), the batches each connection of its own loaded (said once the load ends).
+batches_side_by_side: dict[str, collections.Counter[int]] = {}
+_side_by_side: contextvars.ContextVar[SideBySide | None] = contextvars.ContextVar(
+    "cd2_side_by_side", default=None
+)
+
+
+@contextlib.asynccontextmanager
+async def side_by_side(clock: LoadClock) -> AsyncIterator[SideBySide]:
+    """While inside, a plain init's batches load on :data:`DEFAULT_CONNECTIONS` connections of their own
+    (``CD2_FAST_INIT_CONNECTIONS``; 1: on the client's connection, one batch at a time); ``clock``: the
+    stream's load clock. Drain it before the metadata is written."""
+    connections = SideBySide(_whole_number(CONNECTIONS_SETTING, DEFAULT_CONNECTIONS, 1), clock)
+    token = _side_by_side.set(connections)
+    try:
+        yield connections
+    finally:
+        _side_by_side.reset(token)
+        await connections.close()
+    for label, counts in batches_side_by_side.items():
+        logger.info("%s: %d batch(es) on %d connection(s) side by side", label, counts.total(), len(counts))
+
+
+def _whole_number(name: str, default: int, minimum: int) -> int:
+    # Imported here: the child's modules need the client, which Airflow's interpreter, where this module's
+    # SQL and batches are tested, does not have.
+    from cd2.dap_child import session
+
+    return session.whole_number(name, default, minimum)
 
 
 async def _copy(conn: Any, table: str, **options: Any) -> str:
@@ -345,10 +496,10 @@ async def _copy(conn: Any, table: str, **options: Any) -> str:
 
 
 @contextlib.asynccontextmanager
-async def _transaction(conn: Any) -> AsyncIterator[None]:
+async def _transaction(conn: Any, isolation: str | None = None) -> AsyncIterator[None]:
     """A transaction that, unlike asyncpg's, lets a lost connection's own error through (asyncpg's would
     replace it by an ``InterfaceError`` from its rollback on the closed connection)."""
-    transaction = conn.transaction()
+    transaction = conn.transaction(isolation=isolation)
     await transaction.start()
     try:
         yield

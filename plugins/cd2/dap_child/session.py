@@ -22,6 +22,21 @@ def env(name: str) -> str:
     return value
 
 
+def whole_number(name: str, default: int, minimum: int) -> int:
+    """The environment variable ``name`` as a whole number of at least ``minimum`` (unset or blank:
+    ``default``); anything else is refused, naming the variable."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise DapEnvironmentError(f"{name}={raw!r} is not a whole number") from None
+    if value < minimum:
+        raise DapEnvironmentError(f"{name}={raw!r} must be {minimum} or more")
+    return value
+
+
 def dap_client() -> DAPClient:
     """The DAP client, with tracking off, for the API and credentials in the environment."""
     credentials = Credentials.create(

@@ -46,8 +46,8 @@ import time
 from collections import deque
 from typing import Any
 
+from cd2.dap_child import session
 from cd2.dap_child.disk_guard import DiskGuard
-from cd2.dap_child.errors import DapEnvironmentError
 from cd2.dap_child.write_behind import LoadClock
 
 logger = logging.getLogger(__name__)
@@ -59,16 +59,7 @@ DOWNLOAD_CHUNK = 1024 * 1024
 
 def prefetch() -> int:
     """How many objects may download while one loads (``CD2_STREAMING_PREFETCH``, default 1, at least 0)."""
-    raw = os.environ.get(PREFETCH_SETTING, "").strip()
-    if not raw:
-        return DEFAULT_PREFETCH
-    try:
-        value = int(raw)
-    except ValueError:
-        raise DapEnvironmentError(f"{PREFETCH_SETTING}={raw!r} is not a whole number") from None
-    if value < 0:
-        raise DapEnvironmentError(f"{PREFETCH_SETTING}={raw!r} must be 0 or more")
-    return value
+    return session.whole_number(PREFETCH_SETTING, DEFAULT_PREFETCH, 0)
 
 
 class ObjectStream:

@@ -37,7 +37,7 @@ PASSED_THROUGH = (
     "PATH", "HOME", "TMPDIR", "LANG", "LC_ALL", "TZ", "SSL_CERT_FILE", "SSL_CERT_DIR",
     "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
     "CD2_ACCELERATED_READER", "CD2_BULK_UPSERT", "CD2_STREAMING", "CD2_STREAMING_PREFETCH", "CD2_FAST_INIT",
-    "CD2_FAST_SYNC",
+    "CD2_FAST_SYNC", "CD2_FAST_INIT_CONNECTIONS", "CD2_FAST_LOAD_BATCH_BYTES",
 )  # fmt: skip
 KILL_GRACE_SECONDS = 10
 # What starts each line of the child's output (its log, see dap_child.logs) in the task log.

@@ -2,8 +2,8 @@
 
 Each is registered in :mod:`cd2.dap_child.patches` with a fingerprint of the method it copies, so it never
 runs on a client whose method moved. What each adds lives in its feature module (:mod:`..streaming`,
-:mod:`..write_behind`, :mod:`..disk_guard`, :mod:`..ddl_guard`); here are only the client's steps
-around it.
+:mod:`..write_behind`, :mod:`..fast_load`, :mod:`..disk_guard`, :mod:`..ddl_guard`); here are only the
+client's steps around it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import zlib
 from typing import Any
 from urllib.parse import urlparse
 
-from cd2.dap_child import ddl_guard, disk_guard, streaming, write_behind
+from cd2.dap_child import ddl_guard, disk_guard, fast_load, streaming, write_behind
 from cd2.dap_child.errors import TruncatedDownloadError
 
 logger = logging.getLogger(__name__)
@@ -46,9 +46,13 @@ async def init_run(self: Any) -> None:
     table_data = await self.session.get_table_data(
         self.namespace, self.table_name, SnapshotQuery(format=Format.TSV, mode=Mode.condensed)
     )
-    async with streaming.ObjectStream(self.session, table_data.objects) as stream:
+    async with (
+        streaming.ObjectStream(self.session, table_data.objects) as stream,
+        fast_load.side_by_side(stream.load_clock) as connections,
+    ):
         async for folder in stream:
             await self.init_insert_data_from_files_to_db(self.conn, entity_type, folder)
+        await connections.drain()
     stream.log_summary()
     await initdb_insert_table_metadata(
         self.conn, self.namespace, table_data, schema, self.table_name, versioned_schema

@@ -21,7 +21,7 @@ def run_driver(
     emulator, database_url: str, operation: str, namespace: str, table: str, **settings: str
 ) -> dict:
     """Its ``DRIVER_RESULT``; ``settings`` are environment variables (e.g. ``CD2_STREAMING="0"``)."""
-    env = emulator.client_env(CD2_REPLICA_URL=database_url, **settings)
+    env = emulator.client_env(CD2_DATABASE_URL=database_url, **settings)
     result = subprocess.run(
         [str(DAP_PYTHON), str(DRIVER), operation, namespace, table],
         capture_output=True,

@@ -6,7 +6,7 @@ Like the child, it first applies patches of the client from the registry (:mod:`
 the accelerated reader and the set-based upserts (so ``CD2_ACCELERATED_READER=0 CD2_BULK_UPSERT=0`` runs
 the stock client), then runs ``SQLReplicator.version_upgrade`` and ``initialize`` or ``synchronize`` with
 usage tracking off. Secrets come from the environment, never argv: ``DAP_API_URL``, ``DAP_CLIENT_ID``,
-``DAP_CLIENT_SECRET`` and ``CD2_REPLICA_URL`` (a ``postgresql://`` URL).
+``DAP_CLIENT_SECRET`` and ``CD2_DATABASE_URL`` (a ``postgresql://`` URL, by the child's name for it).
 
 Prints one line ``DRIVER_RESULT {json}`` with ``accelerated`` and ``bulk_upsert`` (whether each patch is
 active), ``reader``
@@ -18,7 +18,8 @@ reading the downloaded files into the database: the part the accelerator speeds 
 ``download_check`` and ``streaming`` patches as the child does and reports which are active as
 ``streaming`` (``{"download": ..., "streaming": ...}``); unset, the client's own download path runs
 unpatched. With ``CD2_FAST_INIT`` or ``CD2_FAST_SYNC`` set, it applies the ``fast_init`` or ``fast_sync`` patch too
-(reported in ``fast_load``, with the tables that loaded through the client's loader instead and why).
+(reported in ``fast_load``, with the tables that loaded through the client's loader instead and why, and
+in ``side_by_side`` the batches each connection of the fast init's own loaded).
 The timings wrap the client's own methods without changing them.
 With ``CD2_DRIVER_KEEP_FILES=DIR``, the downloaded TSV files are also copied to DIR (for a raw COPY of
 the very same bytes in the benchmark), outside the download and load timings.
@@ -86,7 +87,7 @@ async def replicate(operation: str, namespace: str, table: str) -> None:
         client_id=os.environ["DAP_CLIENT_ID"], client_secret=os.environ["DAP_CLIENT_SECRET"]
     )
     async with DAPClient(os.environ["DAP_API_URL"], credentials, tracking=False) as session:
-        replicator = SQLReplicator(session, DatabaseConnection(os.environ["CD2_REPLICA_URL"]))
+        replicator = SQLReplicator(session, DatabaseConnection(os.environ["CD2_DATABASE_URL"]))
         await replicator.version_upgrade()
         if operation == "init":
             await replicator.initialize(namespace, table)
@@ -130,6 +131,7 @@ def main(argv: list[str]) -> None:
         "bulk_upsert": bulk,
         "fast_load": {name: name in active for name in FAST_LOADS},
         "fast_load_refused": {label: str(why) for label, why in fast_load.refused.items()},
+        "side_by_side": {label: dict(counts) for label, counts in fast_load.batches_side_by_side.items()},
         "streaming": streaming,
         "reader": ",".join(sorted(readers)),
         "sync_batch_rows": sql_op_sync.INSERT_BATCH_SIZE,

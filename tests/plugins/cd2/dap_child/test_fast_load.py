@@ -4,9 +4,12 @@ By generation: every table the emulator knows (its built-in tables, every genera
 :mod:`local_dap.emulator.shapes` and Instructure's shared schemas) is initialized, then synced after
 inserts, updates, soft and hard deletes, by the client as our child runs it (``replicate_driver.py``:
 streaming on), once with ``CD2_FAST_INIT=1 CD2_FAST_SYNC=1`` and once with both ``0``, each into its own
-database. After each step the two tables must have the same columns and constraints, the same rows to the
-byte of each value's text (lookup ids, which the client itself assigns in a random order, compared by
-their values), the same lookup values, and both equal the emulator's truth. The emulator's
+database; the fast path in batches of :data:`FAST_BATCH_BYTES`, many per table, a plain init's on two
+connections side by side, so that batch boundaries, lookup values met by both connections at once and a
+key's rows in several batches all occur. After each step the two tables must have the same columns and
+constraints, the same rows to the byte of each value's text (lookup ids, which the client itself assigns
+in a random order, compared by their values), the same lookup values, and both equal the emulator's
+truth. The emulator's
 values hold tabs, newlines, backslashes, ``\\N`` as text, quotes, unicode, empty strings, JSON with
 nested quotes, arrays, enums, lookups, timestamps with and without fractions and the oversized
 placeholder; :func:`test_the_tables_hold_every_awkward_value` checks they really reached the tables.
@@ -40,7 +43,10 @@ LABELS = (
     ]
 )
 PATHS = {"fast": "1", "client": "0"}  # CD2_FAST_INIT and CD2_FAST_SYNC
+# The fast path's batches this small, so that every table loads in many (an init's on two connections).
+FAST_BATCH_BYTES = "4096"
 STEPS = ("init", "sync")
+UPSERTED_INIT = "canvas_logs.web_logs"  # the client upserts its init (the last row of a key wins)
 
 
 @pytest.fixture(scope="module")
@@ -138,6 +144,7 @@ def built(emulator, databases, postgres_server) -> dict[str, dict]:
                     CD2_STREAMING="1",
                     CD2_FAST_INIT=switch,
                     CD2_FAST_SYNC=switch,
+                    CD2_FAST_LOAD_BATCH_BYTES=FAST_BATCH_BYTES,
                 )
                 steps[step][label][path] = {
                     "result": result,
@@ -154,6 +161,11 @@ def test_the_fast_load_builds_the_table_the_clients_loader_builds(step, label, b
     patch = f"fast_{step}"
     assert fast["result"]["fast_load"][patch] and not client["result"]["fast_load"][patch]
     assert fast["result"]["fast_load_refused"] == {}, "every shape the emulator knows takes the fast path"
+    if step == "init" and label != UPSERTED_INIT:
+        (spread,) = fast["result"]["side_by_side"].values()
+        assert sorted(spread) == ["1", "2"] and min(spread.values()) >= 1, spread
+    else:
+        assert fast["result"]["side_by_side"] == {}, "keyed loads keep their batches in order"
     assert fast["columns"] == client["columns"]
     assert fast["constraints"] == client["constraints"]
     assert len(fast["rows"]) == len(client["rows"]) > 0
@@ -197,6 +209,34 @@ def test_every_type_the_fast_init_converts_was_compared(built):
     seen = set().union(*(built["init"][label]["fast"]["types"] for label in LABELS))
     assert set(fast_load.SCALARS) <= seen, sorted(seen)
     assert {"jsonb", "enum"} <= seen and any(t.endswith("[]") for t in seen)
+
+
+def test_an_init_the_database_refuses_more_connections_loads_on_the_clients_own(emulator, postgres_server):
+    """A role limited to the client's one connection: the init still loads, batch by batch, on it."""
+    database, role, password = "fast_load_one_connection", "cd2_one_connection", "one-connection-pw"
+    postgres_server.create_database(database)
+    conn = postgres_server.connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"DROP ROLE IF EXISTS {role}")
+            cur.execute(f"CREATE ROLE {role} LOGIN PASSWORD %s CONNECTION LIMIT 1", (password,))
+            cur.execute(f"ALTER DATABASE {database} OWNER TO {role}")
+    finally:
+        conn.close()
+    url = f"postgresql://{role}:{password}@{postgres_server.host}:{postgres_server.port}/{database}"
+    namespace, table = "canvas", "accounts"
+    result = driving.run_driver(
+        emulator,
+        url,
+        "init",
+        namespace,
+        table,
+        CD2_STREAMING="1",
+        CD2_FAST_INIT="1",
+        CD2_FAST_LOAD_BATCH_BYTES=FAST_BATCH_BYTES,
+    )
+    assert result["fast_load"]["fast_init"] and result["side_by_side"] == {}
+    assert replica_truth(url, namespace, table) == emulator.truth(namespace, table)
 
 
 # -- the parts that need no client ------------------------------------------------------------------

@@ -246,6 +246,23 @@ def test_a_switch_that_is_neither_on_nor_off_refuses_the_task_naming_it(
     )
 
 
+@pytest.mark.parametrize(
+    ("setting", "value", "why"),
+    [
+        ("CD2_STREAMING_PREFETCH", "-1", "must be 0 or more"),
+        ("CD2_FAST_INIT_CONNECTIONS", "0", "must be 1 or more"),
+        ("CD2_FAST_LOAD_BATCH_BYTES", "32MB", "is not a whole number"),
+    ],
+)
+def test_a_number_setting_the_child_cannot_use_refuses_the_task_naming_it(
+    connections, dap_emulator, database_url, monkeypatch, setting, value, why
+) -> None:
+    monkeypatch.setenv(setting, value)
+    with pytest.raises(DapPermanentError, match="DapEnvironmentError") as refused:
+        run(DapHook(), Action.INIT, "users")
+    assert f"{setting}={value!r} {why}" in refused.value.error.message
+
+
 def test_a_speed_patch_whose_client_code_moved_is_left_off_and_the_clients_own_path_runs(
     connections, dap_emulator, postgres_server, database_url, tmp_path, capfd, monkeypatch
 ) -> None:
