@@ -150,15 +150,18 @@ async def swap_in(conn: asyncpg.Connection, ref: TableRef, stage: Stage, wait_se
 
 _TABLES = "SELECT relname FROM pg_class WHERE relkind IN ('r', 'p') AND relnamespace = $1::regnamespace"
 
-# Indexes someone added to the live tables (not the client's: those back its constraints), as
-# pg_get_indexdef prints them, and each table's name as it prints it there.
+# Indexes someone added to the live tables of the new copy's table names ($1: the live schema, $2: the
+# stage's), as pg_get_indexdef prints them, and each table's name as it prints it there. Not the client's
+# (they back its constraints), nor one of a name the new copy already has.
 _ADDED_INDEXES = """
 SELECT i.relname AS index_name, t.relname AS table_name, format('%I.%I', n.nspname, t.relname) AS printed,
        pg_get_indexdef(x.indexrelid) AS definition
 FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class t ON t.oid = x.indrelid
 JOIN pg_namespace n ON n.oid = t.relnamespace
-WHERE x.indrelid = ANY($1::regclass[])
+WHERE n.nspname = $1
+  AND t.relname IN (SELECT relname FROM pg_class WHERE relkind IN ('r', 'p') AND relnamespace = $2::regnamespace)
   AND NOT EXISTS (SELECT FROM pg_constraint c WHERE c.conindid = x.indexrelid AND c.conrelid = x.indrelid)
+  AND NOT EXISTS (SELECT FROM pg_class s WHERE s.relname = i.relname AND s.relnamespace = $2::regnamespace)
 ORDER BY t.relname, i.relname
 """
 # What an index definition may meet on a new copy of another shape: a column dropped or retyped (42...),
@@ -170,43 +173,40 @@ async def _build_added_indexes(conn: asyncpg.Connection, ref: TableRef, stage: S
     """Build on the new copy's tables the indexes someone added to the live tables of the same names (an
     analyst's index on ``canvas.submissions``), before the swap, so readers keep theirs meanwhile. One
     that no longer fits the new copy (its column was dropped) is left out with a warning naming it."""
-    live = [qualified(ref.namespace, t) for t in await _names(conn, stage.data, _TABLES)]
-    live = [t for t in live if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", t)]
-    if not live:
-        return
     async with conn.transaction():
         await conn.execute("SET LOCAL search_path TO pg_catalog")  # names in definitions fully qualified
-        added = await conn.fetch(_ADDED_INDEXES, live)
+        added = await conn.fetch(_ADDED_INDEXES, ref.namespace, stage.data)
     built = 0
     for index in added:
-        if await conn.fetchval(
-            "SELECT to_regclass($1) IS NOT NULL", qualified(stage.data, index["index_name"])
-        ):
-            continue  # the client made one of that name
         target = qualified(stage.data, index["table_name"])
         definition = index["definition"]
         for on in (" ON ", " ON ONLY "):
             definition = definition.replace(f"{on}{index['printed']} USING ", f"{on}{target} USING ", 1)
+        if target not in definition:
+            _left_out(ref, index, f"its table is not named as {index['printed']}")
+            continue
         try:
-            if target not in definition:
-                raise ValueError(f"its table is not named as {index['printed']}")
             async with conn.transaction():
                 await conn.execute("SET LOCAL search_path TO pg_catalog")
                 await conn.execute(definition)
-            built += 1
-        except (ValueError, asyncpg.PostgresError) as error:
-            sqlstate = getattr(error, "sqlstate", None) or ""
-            if isinstance(error, asyncpg.PostgresError) and sqlstate[:2] not in _INDEX_DOES_NOT_FIT:
+        except asyncpg.PostgresError as error:
+            if (error.sqlstate or "")[:2] not in _INDEX_DOES_NOT_FIT:
                 raise
-            logger.warning(
-                "%s: the index %s of the previous copy is left out of the new one (%s); it was: %s",
-                ref.label,
-                qualified(ref.namespace, index["index_name"]),
-                error,
-                index["definition"],
-            )
+            _left_out(ref, index, error)
+            continue
+        built += 1
     if built:
         logger.info("%s: the new copy has the previous one's %d added index(es)", ref.label, built)
+
+
+def _left_out(ref: TableRef, index: asyncpg.Record, why: object) -> None:
+    logger.warning(
+        "%s: the index %s of the previous copy is left out of the new one (%s); it was: %s",
+        ref.label,
+        qualified(ref.namespace, index["index_name"]),
+        why,
+        index["definition"],
+    )
 
 
 # Who may read the live tables, table- and column-wise, and who owns them: carried over to the new copy,

@@ -9,10 +9,10 @@ connections side by side, so that batch boundaries, lookup values met by both co
 key's rows in several batches all occur. After each step the two tables must have the same columns and
 constraints, the same rows to the byte of each value's text (lookup ids, which the client itself assigns
 in a random order, compared by their values), the same lookup values, and both equal the emulator's
-truth. The emulator's
-values hold tabs, newlines, backslashes, ``\\N`` as text, quotes, unicode, empty strings, JSON with
-nested quotes, arrays, enums, lookups, timestamps with and without fractions and the oversized
-placeholder; :func:`test_the_tables_hold_every_awkward_value` checks they really reached the tables.
+truth. The emulator's values hold tabs, newlines, backslashes, ``\\N`` as text, quotes, unicode, empty
+strings, JSON with nested quotes, arrays, enums, lookups, timestamps with and without fractions and the
+oversized placeholder; :func:`test_the_tables_hold_every_awkward_value` checks they really reached the
+tables.
 """
 
 from __future__ import annotations
